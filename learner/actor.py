@@ -1,0 +1,231 @@
+"""The learner: one Ray actor per data-parallel rank, each owning a DeepSpeed ZeRO engine.
+
+Guarantees: every rank computes the same group-relative advantages from the whole batch, then
+trains on its own equal, contiguous share; each mini-batch is one optimizer step made of
+equal-size micro-batches, so DeepSpeed's gradient accumulation and data-parallel averaging
+give exactly the mean loss over the mini-batch. Old log-probabilities are recomputed only when
+a batch takes several optimizer steps (with one step they equal the current ones, detached).
+A reference model is loaded only when `algorithm.kl_coef > 0`. Not covered: ZeRO-3 for the
+reference model (it is a full copy on every rank), sequence packing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+
+from cluster.config import Config
+from learner import grpo
+from learner.batch import MicroBatch, collate, flatten
+from rollout.records import Group
+
+
+class LearnerActor:
+    """Wrapped with `ray.remote` by `LearnerGroup`; methods are called on all ranks at once."""
+
+    def __init__(self, cfg: Config, model_path: str, rank: int):
+        self.cfg, self.model_path, self.rank = cfg, model_path, rank
+        self.world_size = cfg.learner.world_size
+
+    def node_address(self) -> tuple[str, int]:
+        """This node's IP and a free port: rank 0's become the process group's rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        import ray
+
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.cfg
+        threads = cfg.learner.num_threads or max(1, (os.cpu_count() or 1) // self.world_size)
+        torch.set_num_threads(threads)
+        torch.manual_seed(cfg.trainer.seed + self.rank)
+        os.environ.update(
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+        )  # fmt: skip
+        backend = "nccl" if cfg.cluster.use_gpu else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        lc = cfg.learner
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay
+        )
+        warmup = max(1, lc.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._ds_config()
+        )
+        self.ref_model = None
+        if cfg.algorithm.kl_coef > 0:
+            self.ref_model = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=torch.float32
+            ).eval()
+            self.ref_model.requires_grad_(False)
+            self.ref_model.to(self.engine.device)
+        tok_cfg = model.config
+        self.pad_id = tok_cfg.pad_token_id if tok_cfg.pad_token_id is not None else 0
+        self.optimizer_steps = 0
+
+    def _ds_config(self) -> dict[str, Any]:
+        lc, r, a = self.cfg.learner, self.cfg.rollout, self.cfg.algorithm
+        per_update = r.prompts_per_step * r.group_size // a.updates_per_batch
+        gas = per_update // (self.world_size * lc.micro_batch_size)
+        return {
+            "train_micro_batch_size_per_gpu": lc.micro_batch_size,
+            "gradient_accumulation_steps": gas,
+            "train_batch_size": per_update,
+            "gradient_clipping": lc.grad_clip,
+            "zero_optimization": {"stage": lc.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": self.cfg.model.learner_dtype == "bfloat16"},
+            "steps_per_print": 10**9,
+        }
+
+    # -----------------------------------------------------------------------------------------
+    # Training
+
+    def _logits(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
+        device = self.engine.device
+        out = model(
+            input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device)
+        )
+        return out.logits[:, :-1]  # [B, L-1, V]: position t predicts token t + 1
+
+    def _logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self._logits(model, mb)
+            return grpo.token_logprobs(logits, mb.targets.to(logits.device), self._temperature)
+
+    @property
+    def _temperature(self) -> float:
+        return self.cfg.rollout.temperature
+
+    def train(self, groups: list[Group], scores: list[list[Any]]) -> dict[str, float]:
+        """One GRPO update on a scored batch; returns metrics averaged over ranks."""
+        a, lc = self.cfg.algorithm, self.cfg.learner
+        rewards = torch.tensor([[s.reward for s in row] for row in scores])  # [P, G]
+        valid = torch.tensor([[not s.excluded for s in row] for row in scores])  # [P, G]
+        advantages = grpo.group_advantages(rewards, valid, a.std_eps)  # [P, G]
+        flat = flatten(groups, advantages, valid)
+        share = len(flat) // self.world_size
+        mine = flat[self.rank * share : (self.rank + 1) * share]
+        micro = [
+            collate(mine[i : i + lc.micro_batch_size], self.pad_id)
+            for i in range(0, len(mine), lc.micro_batch_size)
+        ]
+        model = self.engine.module
+        multi_update = a.updates_per_batch > 1
+        old = [self._logprobs(model, mb) for mb in micro] if multi_update else None
+        ref = [self._logprobs(self.ref_model, mb) for mb in micro] if self.ref_model else None
+
+        self.engine.train()
+        sums: dict[str, float] = {}
+        grad_norms = []
+        for i, mb in enumerate(micro):
+            logits = self._logits(self.engine, mb)
+            targets, mask = mb.targets.to(logits.device), mb.mask.to(logits.device)
+            logp = grpo.token_logprobs(logits, targets, self._temperature)  # [B, L-1]
+            old_logp = old[i] if old else logp.detach()
+            loss, stats = grpo.grpo_loss(
+                logp, old_logp, ref[i] if ref else None, mb.advantages.to(logits.device), mask,
+                a.clip_eps_low, a.clip_eps_high, a.kl_coef,
+            )  # fmt: skip
+            self.engine.backward(loss)
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            self.engine.step()
+            if boundary:
+                self.optimizer_steps += 1
+                grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
+            with torch.no_grad():
+                entropy = grpo.masked_mean(
+                    grpo.entropy_from_logits(logits.detach(), self._temperature), mask
+                )
+                # Sampler/learner mismatch: k1 estimate of KL(vLLM || learner) on sampled tokens.
+                sampler = mb.sampler_logprobs.to(logits.device)
+                mismatch = grpo.masked_mean(sampler - old_logp, mask)
+            stats |= {"loss": loss.detach(), "entropy": entropy, "mismatch_kl": mismatch}
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / len(micro)
+        metrics = {f"train/{k}": v for k, v in self._mean_over_ranks(sums).items()}
+        metrics["train/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
+        metrics["train/lr"] = self.engine.get_lr()[0]
+        metrics["train/optimizer_steps"] = self.optimizer_steps
+        metrics["train/advantage_abs_mean"] = float(advantages.abs().mean())
+        return metrics
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t)}
+
+    # -----------------------------------------------------------------------------------------
+    # Weights out
+
+    def _full_parameters(self):
+        """(checkpoint name, full tensor) for every parameter; ZeRO-3 gathers one at a time.
+        Tied parameters appear once (under the input embedding's name), as vLLM expects."""
+        import deepspeed
+
+        for name, param in self.engine.module.named_parameters():
+            if self.cfg.learner.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                    yield name, param.data.detach().clone()
+            else:
+                yield name, param.data.detach()
+
+    def export_weights(self, dtype: str, bucket_mb: int = 64) -> list:
+        """Put the policy in Ray's object store in buckets of about `bucket_mb` MiB, converted
+        to the engines' dtype. All ranks must call it (ZeRO-3 gathers are collective); rank 0
+        returns the bucket refs, the others an empty list."""
+        import ray
+
+        torch_dtype = getattr(torch, dtype)
+        refs, bucket, size = [], {}, 0
+        for name, tensor in self._full_parameters():
+            if self.rank != 0:
+                continue
+            bucket[name] = tensor.to("cpu", torch_dtype).contiguous()
+            size += bucket[name].numel() * bucket[name].element_size()
+            if size >= bucket_mb * 2**20:
+                refs.append(ray.put(bucket))
+                bucket, size = {}, 0
+        if bucket:
+            refs.append(ray.put(bucket))
+        return refs
+
+    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """Learner log-probabilities of a fixed completion (temperature 1), for parity checks."""
+        from learner.batch import FlatSample
+
+        sample = FlatSample(prompt_ids, completion_ids, [0.0] * len(completion_ids), 0.0, True)
+        mb = collate([sample], self.pad_id)
+        with torch.no_grad():
+            logits = self._logits(self.engine.module, mb)
+            logp = grpo.token_logprobs(logits, mb.targets.to(logits.device))
+        n_p = len(prompt_ids)
+        return logp[0, n_p - 1 : n_p - 1 + len(completion_ids)].tolist()
+
+    def save_pretrained(self, path: str) -> None:
+        """Write the policy as a Hugging Face folder (rank 0 writes; all ranks must call)."""
+        state = dict(self._full_parameters())
+        if self.rank == 0:
+            self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)

@@ -1,0 +1,51 @@
+"""The learner ranks as one object: create, rendezvous, and call every rank at once.
+
+Guarantees: every call reaches all ranks concurrently (DeepSpeed collectives need that) and
+returns rank 0's answer. Not covered: restarting a dead rank (a dead rank ends the run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from cluster.config import Config
+from learner.actor import LearnerActor
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, model_path: str, run_id: str = ""):
+        n = cfg.learner.world_size
+        options: dict[str, Any] = {"num_cpus": cfg.cluster.learner_cpus}
+        if cfg.cluster.use_gpu:
+            options["num_gpus"] = 1
+        remote = ray.remote(LearnerActor)
+        self.ranks = [
+            remote.options(name=f"cohort-learner-{run_id}-{r}" if run_id else None, **options)
+            .remote(cfg, model_path, r)
+            for r in range(n)
+        ]
+        master_addr, master_port = ray.get(self.ranks[0].node_address.remote())
+        self._all("setup", master_addr, master_port)
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+
+    def train(self, groups, scores) -> dict[str, float]:
+        """One GRPO update on the scored batch; metrics averaged over ranks."""
+        return self._all("train", groups, scores)[0]
+
+    def export_weights(self, dtype: str) -> list:
+        """Object refs of the full policy's buckets (see `LearnerActor.export_weights`)."""
+        return self._all("export_weights", dtype)[0]
+
+    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        return ray.get(self.ranks[0].sequence_logprobs.remote(prompt_ids, completion_ids))
+
+    def save_pretrained(self, path: str) -> None:
+        self._all("save_pretrained", path)
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            ray.kill(r)

@@ -1,0 +1,92 @@
+"""The rollout actor: a Ray actor owning one in-process vLLM engine.
+
+Guarantees: `generate` returns, per prompt, a `Group` of n samples with prompt and completion
+token ids, text, the log-probability of each sampled token under the sampling distribution
+(vLLM `processed_logprobs`: after temperature and top-p, what the learner recomputes), the
+finish reason and the policy version that produced it. After `load_weights` the prefix cache is
+cleared, so no KV computed with old weights is reused. Not covered: per-request seeds (they
+crash vLLM's CPU engine; the engine itself is seeded), tensor parallelism (scale-out issue).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cluster.config import Config
+from rollout.records import Group, Prompt, Sample
+
+
+def engine_env(cfg: Config) -> dict[str, str]:
+    """Environment a rollout actor needs before vLLM is imported."""
+    env = {
+        # The engine core runs inside the actor's process: starts in seconds, and weights can
+        # be handed to the worker as tensors (a separate engine process receives lists).
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gib))),
+    }
+    bind = cfg.rollout.omp_threads_bind
+    if bind == "auto" and cfg.cluster.rollout_engines == 1 and not cfg.cluster.use_gpu:
+        bind = f"0-{(os.cpu_count() or 1) - 1}"
+    if bind != "auto":
+        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    return env
+
+
+class RolloutActor:
+    """Wrapped with `ray.remote` by `RolloutPool`."""
+
+    def __init__(self, cfg: Config, model_path: str, engine_index: int):
+        os.environ.update(engine_env(cfg))
+        from vllm import LLM
+
+        r = cfg.rollout
+        max_len = cfg.data.max_prompt_tokens + max(r.max_new_tokens, r.eval_max_new_tokens)
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.model.rollout_dtype,
+            seed=cfg.trainer.seed + engine_index,
+            max_model_len=max_len,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="rollout.worker_extension.WeightReceiver",
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            enforce_eager=True,
+        )
+        self.version = 0
+
+    def generate(
+        self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int
+    ) -> list[Group]:
+        """Sample n completions per prompt; temperature 0 means greedy."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0
+        )
+        inputs = [{"prompt_token_ids": p.token_ids} for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [
+            Group(prompt=p, samples=[self._sample(c) for c in out.outputs])
+            for p, out in zip(prompts, outputs)
+        ]
+
+    def _sample(self, c) -> Sample:
+        ids = list(c.token_ids)
+        # With logprobs=0 each position's dict holds the sampled token (and nothing else).
+        logprobs = [pos[tok].logprob for tok, pos in zip(ids, c.logprobs)]
+        return Sample(ids, c.text, logprobs, c.finish_reason or "stop", self.version)
+
+    def load_weights(self, refs: list, version: int) -> None:
+        """Reload all weights from object-store buckets (see `WeightReceiver`)."""
+        self.llm.collective_rpc("cohort_load_weights", args=(refs,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+
+    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """The engine's log-probabilities (temperature 1) of a fixed completion."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        ids = prompt_ids + completion_ids
+        out = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+        positions = out.prompt_logprobs[len(prompt_ids) :]
+        return [pos[tok].logprob for tok, pos in zip(completion_ids, positions)]

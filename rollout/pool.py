@@ -1,0 +1,70 @@
+"""All rollout engines as one object: split prompts across them, broadcast weights.
+
+Guarantees: `generate` returns groups in the order of the prompts given, whatever the number
+of engines; `load_weights` returns once every engine holds the new version. Not covered:
+restarting a dead engine (reliability issue).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from cluster.config import Config
+from rollout.actor import RolloutActor, engine_env
+from rollout.records import Group, Prompt
+
+
+class RolloutPool:
+    def __init__(self, cfg: Config, model_path: str, run_id: str = ""):
+        self.cfg = cfg
+        options = {
+            "num_cpus": cfg.cluster.rollout_cpus,
+            "num_gpus": 1 if cfg.cluster.use_gpu else 0,
+            "runtime_env": {"env_vars": engine_env(cfg)},
+        }
+        remote = ray.remote(RolloutActor)
+        self.actors = [
+            remote.options(name=f"cohort-rollout-{run_id}-{i}" if run_id else None, **options)
+            .remote(cfg, model_path, i)
+            for i in range(cfg.cluster.rollout_engines)
+        ]
+        ray.get([a.__ray_ready__.remote() for a in self.actors])
+
+    def generate(
+        self, prompts: list[Prompt], n: int, temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> list[Group]:  # fmt: skip
+        """Sample n completions for each prompt (temperature 0: greedy), engines in parallel."""
+        r = self.cfg.rollout
+        temperature = r.temperature if temperature is None else temperature
+        max_tokens = max_tokens or r.max_new_tokens
+        chunks = _split(prompts, len(self.actors))
+        futures = [
+            a.generate.remote(chunk, n, temperature, r.top_p if temperature > 0 else 1.0,
+                              max_tokens)  # fmt: skip
+            for a, chunk in zip(self.actors, chunks)
+            if chunk
+        ]
+        return [g for part in ray.get(futures) for g in part]
+
+    def load_weights(self, refs: list, version: int) -> None:
+        ray.get([a.load_weights.remote(refs, version) for a in self.actors])
+
+    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[list[float]]:
+        """Each engine's log-probabilities of a fixed completion."""
+        return ray.get([a.sequence_logprobs.remote(prompt_ids, completion_ids) for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+
+
+def _split(items: list, n: int) -> list[list]:
+    """n contiguous chunks whose sizes differ by at most one, in order."""
+    size, extra = divmod(len(items), n)
+    chunks, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        chunks.append(items[start:end])
+        start = end
+    return chunks

@@ -1,0 +1,36 @@
+"""RewardPool on a real local Ray: groups split over two actors come back in order."""
+
+import pytest
+import ray
+
+from cluster.config import RewardConfig, RewardFunctionConfig
+from reward.pool import RewardPool
+from rollout.records import Group, Prompt, Sample
+
+pytestmark = pytest.mark.integration
+
+
+def group(answer: str, texts: list[str]) -> Group:
+    prompt = Prompt(id=f"train:{answer}", text="q", token_ids=[1], answer=answer)
+    samples = [Sample([], t, [], "stop", 0) for t in texts]
+    return Group(prompt, samples)
+
+
+def test_pool_scores_groups_in_order():
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        cfg = RewardConfig(
+            functions=[RewardFunctionConfig(name="math_answer", weight=2.0)], num_actors=2
+        )
+        pool = RewardPool(cfg, base_dir=".", num_cpus=0.5, run_id="test")
+        assert pool.function_names == ["math_answer"]
+        groups = [group("1", ["1", "2"]), group("2", ["2", "\\boxed{2}", "x"]), group("3", ["0"])]
+        scores = pool.score(groups)  # actor 0 gets the first two groups, actor 1 the third
+        assert [[s.reward for s in g] for g in scores] == [[2.0, 0.0], [2.0, 2.0, 0.0], [0.0]]
+        pool.shutdown()
+        # A bad entry fails in the pool's constructor, with the config key and the path tried.
+        bad = RewardConfig(functions=[RewardFunctionConfig(fn="missing.py:f")])
+        with pytest.raises(ray.exceptions.RayActorError, match=r"reward.functions\[0\].fn"):
+            RewardPool(bad, base_dir="/nowhere", num_cpus=0.5, run_id="bad")
+    finally:
+        ray.shutdown()
