@@ -82,7 +82,7 @@ def format_line(row: dict[str, Any], total_steps: int) -> str:
     parts = [f"step {row['step']:>3}/{total_steps}"]
     fields = [
         ("reward/mean", "reward {:.3f}"), ("reward/std", "± {:.3f}"), ("accuracy", "acc {:.3f}"),
-        ("eval/accuracy", "EVAL acc {:.3f}"), ("rollout/completion_len", "len {:.1f}"),
+        ("eval/accuracy", "EVAL acc {:.3f}"), ("eval/reward", "EVAL reward {:.3f}"), ("rollout/completion_len", "len {:.1f}"),
         ("train/kl", "kl {:.4f}"), ("train/clip_frac", "clip {:.3f}"),
         ("train/grad_norm", "gnorm {:.2f}"), ("time/generate", "gen {:.1f}s"),
         ("time/reward", "rew {:.1f}s"), ("time/train", "train {:.1f}s"),

@@ -117,8 +117,12 @@ def build_tiny_llama(out_dir: Path) -> None:
     """Write a seeded 2-layer random Llama with a character-level tokenizer to `out_dir`."""
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-    from transformers import PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     vocab = {token: i for i, token in enumerate(TINY_SPECIAL_TOKENS + TINY_CHARS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -99,11 +99,16 @@ class LearnerActor:
     # Training
 
     def _logits(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
+        """Logits predicting the completion columns only: the head and the softmax over the
+        vocabulary are not computed for prompt positions."""
         device = self.engine.device
         out = model(
-            input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device)
+            input_ids=mb.input_ids.to(device),
+            attention_mask=mb.attention_mask.to(device),
+            position_ids=mb.position_ids.to(device),
+            logits_to_keep=mb.targets.shape[1] + 1,
         )
-        return out.logits[:, :-1]  # [B, L-1, V]: position t predicts token t + 1
+        return out.logits[:, :-1]  # [B, C, V]: the column before each completion token
 
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
         with torch.no_grad():
@@ -146,10 +151,14 @@ class LearnerActor:
             )  # fmt: skip
             self.engine.backward(loss)
             boundary = self.engine.is_gradient_accumulation_boundary()
+            # ZeRO stages record the pre-clip norm; stage 0 does not, so measure it (gradients
+            # are already averaged over ranks after a boundary backward).
+            norm = self._grad_norm() if boundary and not self.cfg.learner.zero_stage else None
             self.engine.step()
             if boundary:
                 self.optimizer_steps += 1
-                grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
+                grad_norms.append(float(norm if norm is not None else
+                                        self.engine.get_global_grad_norm() or float("nan")))
             with torch.no_grad():
                 entropy = grpo.masked_mean(
                     grpo.entropy_from_logits(logits.detach(), self._temperature), mask
@@ -166,6 +175,10 @@ class LearnerActor:
         metrics["train/optimizer_steps"] = self.optimizer_steps
         metrics["train/advantage_abs_mean"] = float(advantages.abs().mean())
         return metrics
+
+    def _grad_norm(self) -> float:
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         if self.world_size == 1:
@@ -221,8 +234,7 @@ class LearnerActor:
         with torch.no_grad():
             logits = self._logits(self.engine.module, mb)
             logp = grpo.token_logprobs(logits, mb.targets.to(logits.device))
-        n_p = len(prompt_ids)
-        return logp[0, n_p - 1 : n_p - 1 + len(completion_ids)].tolist()
+        return logp[0].tolist()
 
     def save_pretrained(self, path: str) -> None:
         """Write the policy as a Hugging Face folder (rank 0 writes; all ranks must call)."""

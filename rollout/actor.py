@@ -10,6 +10,7 @@ crash vLLM's CPU engine; the engine itself is seeded), tensor parallelism (scale
 
 from __future__ import annotations
 
+import logging
 import os
 
 from cluster.config import Config
@@ -23,6 +24,7 @@ def engine_env(cfg: Config) -> dict[str, str]:
         # be handed to the worker as tensors (a separate engine process receives lists).
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gib))),
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
     }
     bind = cfg.rollout.omp_threads_bind
     if bind == "auto" and cfg.cluster.rollout_engines == 1 and not cfg.cluster.use_gpu:
@@ -32,12 +34,30 @@ def engine_env(cfg: Config) -> dict[str, str]:
     return env
 
 
+def _quiet_expected_reload_warnings() -> None:
+    """vLLM's layerwise reload warns for modules that have no checkpoint weights: the rotary
+    embedding (computed, not loaded) and a head tied to the input embedding (loaded with it).
+    Both are expected; parity with the learner is tested (tests/integration)."""
+
+    class Expected(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            msg = record.getMessage()
+            return not (
+                "Failed to load weights" in msg
+                and msg.split(":")[0] in ("RotaryEmbedding", "ParallelLMHead")
+            )
+
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(Expected())
+
+
 class RolloutActor:
     """Wrapped with `ray.remote` by `RolloutPool`."""
 
     def __init__(self, cfg: Config, model_path: str, engine_index: int):
         os.environ.update(engine_env(cfg))
         from vllm import LLM
+
+        _quiet_expected_reload_warnings()
 
         r = cfg.rollout
         max_len = cfg.data.max_prompt_tokens + max(r.max_new_tokens, r.eval_max_new_tokens)

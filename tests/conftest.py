@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny Llama built by the tests, and a local Ray per test module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cluster.models import build_tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer random Llama with a character tokenizer and chat template (no download)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    build_tiny_llama(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for one test module, with the repository importable in its workers."""
+    import ray
+
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()
+
+
+def run_cohort(args: list[str], timeout: int = 600, env: dict | None = None):
+    """Run the real `python -m cluster ...` entry point from the repository root."""
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "cluster", *args], cwd=REPO, env=full_env, timeout=timeout,
+        capture_output=True, text=True,
+    )  # fmt: skip

@@ -1,0 +1,52 @@
+"""`ray job submit` against a Ray head started on loopback with token authentication."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_job_runs_smoke_config(tiny_model, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    ray = shutil.which("ray", path=str(bin_dir)) or "ray"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+    gcs, dash = free_port(), free_port()
+    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
+             "--include-dashboard=true", "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        out = tmp_path / "runs"
+        submit = [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}",
+                  f"--working-dir={REPO}", "--", "python", "-m", "cluster", "train",
+                  "configs/smoke.yaml", "trainer.steps=2", "trainer.eval_every=2",
+                  f"model.path={tiny_model}", f"trainer.output_dir={out}"]  # fmt: skip
+        t0 = time.time()
+        result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        logs = result.stdout[-4000:] + result.stderr[-2000:]
+        assert result.returncode == 0, logs
+        assert "SUCCEEDED" in result.stdout, logs
+        (run_dir,) = out.iterdir()
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert all("reward/mean" in r and "time/generate" in r for r in rows[1:])
+        print(f"job took {time.time() - t0:.0f} s")
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
