@@ -18,3 +18,18 @@ class WeightReceiver:
                 yield from ray.get(ref).items()
 
         self.reload_weights(weights_iterator=weights(), is_checkpoint_format=True)
+        self._refresh_tied_head()
+
+    def _refresh_tied_head(self) -> None:
+        """A head tied to the input embedding receives no checkpoint weight, so the reload does
+        not re-process it; on CPU it keeps a packed copy of the OLD embedding for its matmul
+        (found by the weight-push parity test). Re-tie and re-pack it from the new embedding."""
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if head is None or embed is None or not model.config.tie_word_embeddings:
+            return
+        head.weight = embed.weight
+        process = getattr(head.quant_method, "process_weights_after_loading", None)
+        if process is not None:
+            process(head)
