@@ -181,7 +181,8 @@ class TrainerConfig:
     seed: int = 0
     """Seed of the data order, the engines' sampling and the learner."""
     output_dir: str = ""
-    """Parent folder of runs (default `runs/<experiment>`); each run gets `<output_dir>/<run id>/`."""
+    """Parent folder of runs (default `runs/<experiment>`); each run gets
+    `<output_dir>/<run id>/`."""
     eval_every: int = 5
     """Evaluate on the held-out set every N steps, plus before the first and after the last step
     (0 = never)."""
@@ -300,10 +301,13 @@ def from_dict(cls: type, raw: Any, prefix: str) -> Any:
             near = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
             raise ConfigError(
-                f"unknown config key {prefix}{key}{hint}; known keys in {where}: {', '.join(fields)}"
+                f"unknown config key {prefix}{key}{hint}; "
+                f"known keys in {where}: {', '.join(fields)}"
             )
     hints = typing.get_type_hints(cls)
-    values = {name: _convert(hints[name], raw[name], prefix + name) for name in fields if name in raw}
+    values = {
+        name: _convert(hints[name], raw[name], prefix + name) for name in fields if name in raw
+    }
     return cls(**values)
 
 
@@ -329,6 +333,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-5` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
@@ -344,8 +353,12 @@ def _require(ok: bool, key: str, value: Any, why: str) -> None:
 def validate(cfg: Config) -> None:
     """Semantic checks across fields; each error names the key, its value and the fix."""
     r, lr, a, t, c = cfg.rollout, cfg.learner, cfg.algorithm, cfg.trainer, cfg.cluster
-    _require(r.group_size >= 2, "rollout.group_size", r.group_size, "GRPO needs at least 2 per group")
-    _require(r.prompts_per_step >= 1, "rollout.prompts_per_step", r.prompts_per_step, "must be >= 1")
+    _require(
+        r.group_size >= 2, "rollout.group_size", r.group_size, "GRPO needs at least 2 per group"
+    )
+    _require(
+        r.prompts_per_step >= 1, "rollout.prompts_per_step", r.prompts_per_step, "must be >= 1"
+    )
     _require(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "must be >= 1")
     _require(r.temperature > 0, "rollout.temperature", r.temperature, "must be > 0 for training")
     _require(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "must be in (0, 1]")

@@ -79,7 +79,8 @@ def _parse_row(raw: bytes, src: DataSourceConfig) -> dict[str, Any]:
     prompt = row[src.prompt_key]
     if not prompt or not isinstance(prompt, (str, list)):
         raise DataError(f"field {src.prompt_key!r} must be a non-empty string or message list")
-    return {**row, "prompt": prompt, "answer": str(row[src.answer_key])}
+    others = {k: v for k, v in row.items() if k not in (src.prompt_key, src.answer_key)}
+    return {**others, "prompt": prompt, "answer": str(row[src.answer_key])}
 
 
 def load_prompts(name: str, src: DataSourceConfig, data: DataConfig, tokenizer) -> list[Prompt]:
@@ -92,7 +93,9 @@ def load_prompts(name: str, src: DataSourceConfig, data: DataConfig, tokenizer) 
     prompts = []
     for i, row in enumerate(rows):
         messages, text = _messages(row["prompt"], data)
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        rendered = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         if len(ids) > data.max_prompt_tokens:
             report.too_long += 1

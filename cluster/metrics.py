@@ -40,9 +40,7 @@ def rollout_metrics(groups: list[Group], scores: list[list[Any]], accuracy_fn: s
     """Length, truncation, zero-variance groups and accuracy of one generated batch."""
     lengths = [len(s.completion_token_ids) for g in groups for s in g.samples]
     truncated = [s.finish_reason == "length" for g in groups for s in g.samples]
-    zero_var = [
-        len({row_s.reward for row_s in row if not row_s.excluded}) <= 1 for row in scores
-    ]
+    zero_var = [len({row_s.reward for row_s in row if not row_s.excluded}) <= 1 for row in scores]
     out = {
         "rollout/completion_len": sum(lengths) / len(lengths),
         "rollout/completion_len_max": max(lengths),
@@ -82,7 +80,8 @@ def format_line(row: dict[str, Any], total_steps: int) -> str:
     parts = [f"step {row['step']:>3}/{total_steps}"]
     fields = [
         ("reward/mean", "reward {:.3f}"), ("reward/std", "± {:.3f}"), ("accuracy", "acc {:.3f}"),
-        ("eval/accuracy", "EVAL acc {:.3f}"), ("eval/reward", "EVAL reward {:.3f}"), ("rollout/completion_len", "len {:.1f}"),
+        ("eval/accuracy", "EVAL acc {:.3f}"), ("eval/reward", "EVAL reward {:.3f}"),
+        ("rollout/completion_len", "len {:.1f}"),
         ("train/kl", "kl {:.4f}"), ("train/clip_frac", "clip {:.3f}"),
         ("train/grad_norm", "gnorm {:.2f}"), ("time/generate", "gen {:.1f}s"),
         ("time/reward", "rew {:.1f}s"), ("time/train", "train {:.1f}s"),

@@ -157,8 +157,13 @@ class LearnerActor:
             self.engine.step()
             if boundary:
                 self.optimizer_steps += 1
-                grad_norms.append(float(norm if norm is not None else
-                                        self.engine.get_global_grad_norm() or float("nan")))
+                grad_norms.append(
+                    float(
+                        norm
+                        if norm is not None
+                        else self.engine.get_global_grad_norm() or float("nan")
+                    )
+                )
             with torch.no_grad():
                 entropy = grpo.masked_mean(
                     grpo.entropy_from_logits(logits.detach(), self._temperature), mask

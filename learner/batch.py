@@ -2,8 +2,8 @@
 
 Guarantees: sequences are prompt + completion with every completion starting at the same
 column; `mask[b, t]` is 1 exactly where `targets[b, t]` is a completion token of a usable
-sample, so prompt tokens, padding and excluded samples never reach the loss. Not covered: packing several sequences into one row
-(the speed issue).
+sample, so prompt tokens, padding and excluded samples never reach the loss. Not covered:
+packing several sequences into one row (the speed issue).
 """
 
 from __future__ import annotations

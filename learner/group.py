@@ -22,8 +22,9 @@ class LearnerGroup:
             options["num_gpus"] = 1
         remote = ray.remote(LearnerActor)
         self.ranks = [
-            remote.options(name=f"cohort-learner-{run_id}-{r}" if run_id else None, **options)
-            .remote(cfg, model_path, r)
+            remote.options(
+                name=f"cohort-learner-{run_id}-{r}" if run_id else None, **options
+            ).remote(cfg, model_path, r)
             for r in range(n)
         ]
         master_addr, master_port = ray.get(self.ranks[0].node_address.remote())

@@ -24,8 +24,9 @@ class RolloutPool:
         }
         remote = ray.remote(RolloutActor)
         self.actors = [
-            remote.options(name=f"cohort-rollout-{run_id}-{i}" if run_id else None, **options)
-            .remote(cfg, model_path, i)
+            remote.options(
+                name=f"cohort-rollout-{run_id}-{i}" if run_id else None, **options
+            ).remote(cfg, model_path, i)
             for i in range(cfg.cluster.rollout_engines)
         ]
         ray.get([a.__ray_ready__.remote() for a in self.actors])
@@ -40,8 +41,9 @@ class RolloutPool:
         max_tokens = max_tokens or r.max_new_tokens
         chunks = _split(prompts, len(self.actors))
         futures = [
-            a.generate.remote(chunk, n, temperature, r.top_p if temperature > 0 else 1.0,
-                              max_tokens)  # fmt: skip
+            a.generate.remote(
+                chunk, n, temperature, r.top_p if temperature > 0 else 1.0, max_tokens
+            )  # fmt: skip
             for a, chunk in zip(self.actors, chunks)
             if chunk
         ]
@@ -50,9 +52,13 @@ class RolloutPool:
     def load_weights(self, refs: list, version: int) -> None:
         ray.get([a.load_weights.remote(refs, version) for a in self.actors])
 
-    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[list[float]]:
+    def sequence_logprobs(
+        self, prompt_ids: list[int], completion_ids: list[int]
+    ) -> list[list[float]]:
         """Each engine's log-probabilities of a fixed completion."""
-        return ray.get([a.sequence_logprobs.remote(prompt_ids, completion_ids) for a in self.actors])
+        return ray.get(
+            [a.sequence_logprobs.remote(prompt_ids, completion_ids) for a in self.actors]
+        )
 
     def shutdown(self) -> None:
         for a in self.actors:

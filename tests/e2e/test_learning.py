@@ -6,10 +6,11 @@ less the end token), and every group has spread, so GRPO has signal from step 1.
 
 Margin: the per-step mean over 64 samples has a standard error of about 0.11 / 8 = 0.014, so
 requiring the last three steps to average 0.25 above step 1 is about 18 standard errors (a
-working loop gains about 0.6 in 10 steps): noise does not pass it, while flipping the advantage sign (reward falls), skipping the weight push
-(the engine keeps sampling the initial policy) or not applying the loss (nothing changes) all
-fail it. Each was broken on purpose once: the reward went 0.160 -> 0.031 (sign flipped),
-0.160 -> 0.183 (no push) and 0.160 -> 0.183 (loss times zero), and this test failed each time.
+working loop gains about 0.6 in 10 steps): noise does not pass it, while flipping the
+advantage sign (reward falls), skipping the weight push (the engine keeps sampling the
+initial policy) or not applying the loss (nothing changes) all fail it. Each was broken on
+purpose once: the reward went 0.160 -> 0.031 (sign flipped), 0.160 -> 0.183 (no push) and
+0.160 -> 0.183 (loss times zero), and this test failed each time.
 """
 
 import json

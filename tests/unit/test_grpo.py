@@ -13,7 +13,9 @@ def test_group_advantages_normalise_by_group_mean_and_sample_std():
     valid = torch.ones(1, 4)
     # mean 0.5; sample std = sqrt(4 * 0.25 / 3) = sqrt(1/3) = 0.57735; 0.5 / 0.57735 = 0.866025
     adv = grpo.group_advantages(rewards, valid, eps=0.0)
-    assert adv.flatten().tolist() == pytest.approx([0.866025, -0.866025, -0.866025, 0.866025], abs=1e-6)
+    assert adv.flatten().tolist() == pytest.approx(
+        [0.866025, -0.866025, -0.866025, 0.866025], abs=1e-6
+    )
 
 
 def test_group_advantages_are_per_group():

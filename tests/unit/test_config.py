@@ -1,0 +1,84 @@
+"""Config loading: typed fields, documented fields, errors naming key and value, overrides."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from cluster.config import Config, ConfigError, documented_yaml, field_docs, load_config
+
+
+def all_dataclasses(cls, seen=None):
+    seen = seen if seen is not None else []
+    if cls not in seen:
+        seen.append(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(default):
+                all_dataclasses(type(default), seen)
+            elif isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
+                all_dataclasses(type(default[0]), seen)
+    return seen
+
+
+def test_every_field_has_a_docstring():
+    for cls in all_dataclasses(Config):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+@pytest.mark.parametrize("name", ["configs/demo.yaml", "configs/smoke.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(name)
+    assert cfg.trainer.output_dir == f"runs/{cfg.experiment}"
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("configs/smoke.yaml", ["rollout.group_size=4", "learner.lr=1e-4",
+                                             "model.gradient_checkpointing=true"])  # fmt: skip
+    assert cfg.rollout.group_size == 4 and cfg.learner.lr == 1e-4
+    assert cfg.model.gradient_checkpointing is True
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rollout.group_sise=4", "unknown config key rollout.group_sise (did you mean rollout.gr"),
+        ("rollout.group_size=four", "rollout.group_size='four' must be of type int"),
+        ("rollout.group_size=1", "rollout.group_size=1: GRPO needs at least 2"),
+        ("learner.zero_stage=4", "learner.zero_stage=4"),
+        ("model.rollout_dtype=fp8", "model.rollout_dtype='fp8' is not one of"),
+        ("learner.micro_batch_size=7", "must divide evenly by world_size * micro_batch_size = 7"),
+        ("reward.accuracy_function=nope", "reward.accuracy_function='nope'"),
+        ("trainer.mode=async", "trainer.mode='async' is not one of 'sync'"),
+        ("rollout", "override 'rollout' must look like key.sub=value"),
+    ],
+)  # fmt: skip
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/smoke.yaml", [override])
+    assert message in str(e.value)
+
+
+def test_reward_function_needs_name_or_fn(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({"reward": {"functions": [{"weight": 1.0}]}}))
+    with pytest.raises(ConfigError, match=r"reward.functions\[0\].*exactly one of"):
+        load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_documented_yaml_round_trips():
+    cfg = load_config("configs/demo.yaml")
+    text = documented_yaml(cfg)
+    assert "# G: responses sampled per prompt" in text
+    assert yaml.safe_load(text)["rollout"]["max_new_tokens"] == cfg.rollout.max_new_tokens
