@@ -15,7 +15,6 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip $(QUIET)
 	@# torch first and pinned: its CPU wheel, not the multi-GB CUDA build from the registry.
 	$(PY) -m pip install -q torch==2.13.0 $(QUIET)
 	$(PY) -m pip install -q -e ".[$(EXTRA),dev]" $(QUIET)

@@ -101,7 +101,7 @@ class RolloutConfig:
     """Fraction of GPU memory a vLLM engine may take (GPU engines only)."""
     omp_threads_bind: str = "auto"
     """CPU cores the engine's OpenMP threads bind to (vLLM `VLLM_CPU_OMP_THREADS_BIND`):
-    `auto` = all cores when one engine, otherwise vLLM's default; or a list such as `0-1`."""
+    `auto` = the node's cores split into one block per engine; or a list such as `0-1`."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from cluster.config import Config
 from rollout.records import Group, Prompt, Sample
 
 
-def engine_env(cfg: Config) -> dict[str, str]:
+def engine_env(cfg: Config, engine_index: int = 0) -> dict[str, str]:
     """Environment a rollout actor needs before vLLM is imported."""
     env = {
         # The engine core runs inside the actor's process: starts in seconds, and weights can
@@ -27,8 +27,13 @@ def engine_env(cfg: Config) -> dict[str, str]:
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
     }
     bind = cfg.rollout.omp_threads_bind
-    if bind == "auto" and cfg.cluster.rollout_engines == 1 and not cfg.cluster.use_gpu:
-        bind = f"0-{(os.cpu_count() or 1) - 1}"
+    if bind == "auto" and not cfg.cluster.use_gpu:
+        # Split the node's cores into one block per engine (vLLM's own default binds one
+        # core per engine and reserves the rest).
+        cores = os.cpu_count() or 1
+        per_engine = max(1, cores // cfg.cluster.rollout_engines)
+        first = (engine_index % max(1, cores // per_engine)) * per_engine
+        bind = f"{first}-{first + per_engine - 1}"
     if bind != "auto":
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     return env
@@ -54,7 +59,7 @@ class RolloutActor:
     """Wrapped with `ray.remote` by `RolloutPool`."""
 
     def __init__(self, cfg: Config, model_path: str, engine_index: int):
-        os.environ.update(engine_env(cfg))
+        os.environ.update(engine_env(cfg, engine_index))
         from vllm import LLM
 
         _quiet_expected_reload_warnings()

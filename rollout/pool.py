@@ -17,15 +17,13 @@ from rollout.records import Group, Prompt
 class RolloutPool:
     def __init__(self, cfg: Config, model_path: str, run_id: str = ""):
         self.cfg = cfg
-        options = {
-            "num_cpus": cfg.cluster.rollout_cpus,
-            "num_gpus": 1 if cfg.cluster.use_gpu else 0,
-            "runtime_env": {"env_vars": engine_env(cfg)},
-        }
+        options = {"num_cpus": cfg.cluster.rollout_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
         remote = ray.remote(RolloutActor)
         self.actors = [
             remote.options(
-                name=f"cohort-rollout-{run_id}-{i}" if run_id else None, **options
+                name=f"cohort-rollout-{run_id}-{i}" if run_id else None,
+                runtime_env={"env_vars": engine_env(cfg, i)},
+                **options,
             ).remote(cfg, model_path, i)
             for i in range(cfg.cluster.rollout_engines)
         ]

@@ -1,4 +1,9 @@
-"""`ray job submit` against a Ray head started on loopback with token authentication."""
+"""`ray job submit` against a Ray head started on loopback with token authentication.
+
+The job runs the smoke config with two rollout engines and two DeepSpeed ranks under ZeRO-3,
+so the prompt split across engines, the gloo process group and the layer-by-layer gathers of
+the weight push all run for real.
+"""
 
 import json
 import os
@@ -37,7 +42,9 @@ def test_job_runs_smoke_config(tiny_model, tmp_path):
         submit = [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}",
                   f"--working-dir={REPO}", "--", "python", "-m", "cluster", "train",
                   "configs/smoke.yaml", "trainer.steps=2", "trainer.eval_every=2",
-                  f"model.path={tiny_model}", f"trainer.output_dir={out}"]  # fmt: skip
+                  f"model.path={tiny_model}", f"trainer.output_dir={out}",
+                  "cluster.rollout_engines=2", "learner.world_size=2", "learner.zero_stage=3",
+                  "learner.micro_batch_size=8"]  # fmt: skip
         t0 = time.time()
         result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
         logs = result.stdout[-4000:] + result.stderr[-2000:]
