@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TypeVar
 
 import ray
 
 from cluster.config import RewardConfig
+from cluster.sharding import split_contiguous
 from reward.actor import RewardActor
 from reward.scoring import Score
 from rollout.records import Group
-
-T = TypeVar("T")
 
 
 class RewardPool:
@@ -62,10 +60,3 @@ class RewardPool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-
-
-def split_contiguous(items: list[T], n: int) -> list[list[T]]:
-    """`items` cut into `n` contiguous chunks, the first `len(items) % n` one item longer."""
-    size, extra = divmod(len(items), n)
-    bounds = [i * size + min(i, extra) for i in range(n + 1)]
-    return [items[bounds[i] : bounds[i + 1]] for i in range(n)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ray
 
 from cluster.config import Config
+from cluster.sharding import split_contiguous
 from rollout.actor import RolloutActor, engine_env
 from rollout.records import Group, Prompt
 
@@ -37,7 +38,7 @@ class RolloutPool:
         r = self.cfg.rollout
         temperature = r.temperature if temperature is None else temperature
         max_tokens = max_tokens or r.max_new_tokens
-        chunks = _split(prompts, len(self.actors))
+        chunks = split_contiguous(prompts, len(self.actors))
         futures = [
             a.generate.remote(
                 chunk, n, temperature, r.top_p if temperature > 0 else 1.0, max_tokens
@@ -61,14 +62,3 @@ class RolloutPool:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
-
-
-def _split(items: list, n: int) -> list[list]:
-    """n contiguous chunks whose sizes differ by at most one, in order."""
-    size, extra = divmod(len(items), n)
-    chunks, start = [], 0
-    for i in range(n):
-        end = start + size + (i < extra)
-        chunks.append(items[start:end])
-        start = end
-    return chunks

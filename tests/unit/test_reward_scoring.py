@@ -5,9 +5,9 @@ import math
 import pytest
 
 from cluster.config import ConfigError, RewardFunctionConfig
+from cluster.sharding import split_contiguous
 from reward.actor import RewardActor
 from reward.functions import RewardFunction, load_reward_function, load_reward_functions
-from reward.pool import split_contiguous
 from reward.scoring import Score, reward_metrics, score_groups, score_sample
 from rollout.records import Group, Prompt, Sample
 
