@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(documented_yaml(cfg))
         return 0
+    from cluster.data import DataError
     from cluster.driver import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"cohort: {e}", file=sys.stderr)
+        return 2
     return 0
