@@ -374,6 +374,8 @@ def validate(cfg: Config) -> None:
     _require(t.steps >= 0, "trainer.steps", t.steps, "must be >= 0")
     _require(t.resume == "never", "trainer.resume", t.resume,
              "only `never` is implemented so far (exact resume: reliability issue)")  # fmt: skip
+    _require(t.checkpoint_every == 0, "trainer.checkpoint_every", t.checkpoint_every,
+             "mid-run checkpoints are not implemented yet (reliability issue); use 0")  # fmt: skip
     _require(c.rollout_engines >= 1, "cluster.rollout_engines", c.rollout_engines, "must be >= 1")
     _require(cfg.reward.num_actors >= 1, "reward.num_actors", cfg.reward.num_actors, ">= 1")
     # Every rank trains on the same number of whole micro-batches in every mini-batch, so that
