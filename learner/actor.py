@@ -19,7 +19,7 @@ import torch
 
 from cluster.config import Config
 from learner import grpo
-from learner.batch import MicroBatch, collate, flatten
+from learner.batch import FlatSample, MicroBatch, collate, flatten
 from rollout.records import Group
 
 
@@ -151,19 +151,14 @@ class LearnerActor:
             )  # fmt: skip
             self.engine.backward(loss)
             boundary = self.engine.is_gradient_accumulation_boundary()
-            # ZeRO stages record the pre-clip norm; stage 0 does not, so measure it (gradients
-            # are already averaged over ranks after a boundary backward).
-            norm = self._grad_norm() if boundary and not self.cfg.learner.zero_stage else None
+            # ZeRO stages record the pre-clip norm during the step; stage 0 does not, so it is
+            # measured before the step (gradients are already averaged over ranks by then).
+            stage0_norm = self._grad_norm() if boundary and not self.cfg.learner.zero_stage else 0
             self.engine.step()
             if boundary:
                 self.optimizer_steps += 1
-                grad_norms.append(
-                    float(
-                        norm
-                        if norm is not None
-                        else self.engine.get_global_grad_norm() or float("nan")
-                    )
-                )
+                recorded = self.engine.get_global_grad_norm()
+                grad_norms.append(float(recorded if recorded is not None else stage0_norm))
             with torch.no_grad():
                 entropy = grpo.masked_mean(
                     grpo.entropy_from_logits(logits.detach(), self._temperature), mask
@@ -232,8 +227,6 @@ class LearnerActor:
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Learner log-probabilities of a fixed completion (temperature 1), for parity checks."""
-        from learner.batch import FlatSample
-
         sample = FlatSample(prompt_ids, completion_ids, [0.0] * len(completion_ids), 0.0, True)
         mb = collate([sample], self.pad_id)
         with torch.no_grad():
