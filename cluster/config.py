@@ -141,8 +141,11 @@ class LearnerConfig:
     """Data-parallel DeepSpeed ranks, one Ray actor each."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    """`adamw`, or `sgd` (plain, no momentum: the update is -lr x gradient; for gradient checks
+    and ablations)."""
     lr: float = 1e-5
-    """Peak AdamW learning rate."""
+    """Peak learning rate."""
     warmup_steps: int = 0
     """Linear warm-up of the learning rate over this many optimizer steps."""
     weight_decay: float = 0.0
@@ -159,19 +162,68 @@ class LearnerConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: Literal["grpo"] = "grpo"
-    """Algorithm (more arrive with the algorithm issue)."""
+    advantage_estimator: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"] = "grpo"
+    """How a sample's advantage comes from its group's rewards: `grpo` (minus the group mean,
+    divided by a std, see std_normalization), `dr_grpo` (minus the group mean only), `rloo`
+    (minus the mean of the other samples), `reinforce_pp_baseline` (minus the group mean, then
+    whitened over the batch)."""
+    std_normalization: Literal["group", "batch", "none"] = "group"
+    """For `grpo`: divide by the group's reward std (the paper), the batch's, or not at all."""
+    std_eps: float = 1e-6
+    """Added to the std before dividing: (r - mean) / (std + eps)."""
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        "seq-mean-token-mean"
+    )
+    """How token losses become the batch loss: `token-mean` (every token of the mini-batch
+    weighs the same; exact across micro-batches and ranks; DAPO), `seq-mean-token-mean` (each
+    sequence's token mean, then the mean over sequences; GRPO), `seq-mean-token-sum-norm`
+    (token sums divided by sequences x loss_norm_tokens; Dr. GRPO)."""
+    loss_norm_tokens: int = 0
+    """The constant length normaliser of `seq-mean-token-sum-norm` (0 = rollout.max_new_tokens)."""
+    ratio_level: Literal["token", "sequence"] = "token"
+    """Importance ratio pi / pi_old per token (PPO, GRPO) or per sequence as the geometric mean
+    of its tokens' ratios (GSPO; use small clip_eps, e.g. 3e-4 / 4e-4)."""
     clip_eps_low: float = 0.2
     """PPO clip: the ratio is kept above 1 - clip_eps_low."""
     clip_eps_high: float = 0.2
-    """PPO clip: the ratio is kept below 1 + clip_eps_high (DAPO raises it)."""
+    """PPO clip: the ratio is kept below 1 + clip_eps_high (DAPO's clip-higher raises it)."""
+    dual_clip: float = 0.0
+    """Dual clip c > 1 bounds a negative-advantage token's loss at -c * A (0 = off; 3 is usual)."""
     kl_coef: float = 0.0
-    """Weight of the k3 KL-to-reference term in the loss; 0 loads no reference model."""
-    std_eps: float = 1e-6
-    """Added to the group standard deviation before dividing: (r - mean) / (std + eps)."""
+    """Weight of KL(policy || reference); 0 loads no reference model."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimate: k1 = log ratio, k2 = log ratio^2 / 2, k3 = e^-x - 1 + x (GRPO)."""
+    kl_in: Literal["loss", "reward"] = "loss"
+    """Apply the KL as a loss term (GRPO) or subtract kl_coef x the sequence's summed KL from
+    its reward before advantages (PPO-style reward penalty)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (0 = entropy is only logged)."""
     updates_per_batch: int = 1
     """Optimizer steps per generated batch (the batch is split into this many mini-batches).
-    With 1, old log-probabilities equal the current ones and are not recomputed."""
+    Old log-probabilities are computed once before the first, so the ratio departs from 1 after
+    it. With 1 they equal the current ones and are not recomputed."""
+    sampler_correction: Literal["none", "token_truncate", "sequence_mask"] = "none"
+    """Correct for vLLM's and the learner's probabilities differing: `token_truncate` weights each
+    token's loss by min(pi_learner / pi_vllm, correction_upper) (TIS); `sequence_mask` drops
+    sequences whose product of ratios is outside [correction_lower, correction_upper]."""
+    correction_upper: float = 2.0
+    """Upper threshold of the sampler correction."""
+    correction_lower: float = 0.5
+    """Lower threshold of `sequence_mask`."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts
+    until prompts_per_step groups have a spread (or max_generation_rounds is reached, when the
+    batch is filled with the dropped groups)."""
+    max_generation_rounds: int = 3
+    """Generation rounds per step at most, with dynamic_sampling."""
+    overlong_buffer: int = 0
+    """DAPO soft overlong punishment: the last this-many tokens before rollout.max_new_tokens
+    cost up to overlong_factor reward, linearly (0 = off)."""
+    overlong_factor: float = 1.0
+    """Reward penalty of a completion that reaches rollout.max_new_tokens (with overlong_buffer)."""
+    mask_truncated: bool = False
+    """Leave completions cut at max_new_tokens out of the loss (DAPO overlong filtering); their
+    rewards still count in their group's baseline."""
 
 
 @dataclass
@@ -371,6 +423,22 @@ def validate(cfg: Config) -> None:
     _require(a.kl_coef >= 0, "algorithm.kl_coef", a.kl_coef, "must be >= 0")
     _require(a.clip_eps_low >= 0 and a.clip_eps_high >= 0, "algorithm.clip_eps_low/high",
              (a.clip_eps_low, a.clip_eps_high), "must be >= 0")  # fmt: skip
+    _require(a.clip_eps_low < 1, "algorithm.clip_eps_low", a.clip_eps_low, "must be < 1")
+    _require(a.dual_clip == 0 or a.dual_clip > 1, "algorithm.dual_clip", a.dual_clip,
+             "must be 0 (off) or > 1")  # fmt: skip
+    _require(a.std_normalization == "group" or a.advantage_estimator == "grpo",
+             "algorithm.std_normalization", a.std_normalization,
+             f"is for advantage_estimator grpo only, not {a.advantage_estimator!r}")  # fmt: skip
+    _require(a.loss_norm_tokens >= 0, "algorithm.loss_norm_tokens", a.loss_norm_tokens, ">= 0")
+    _require(a.entropy_coef >= 0, "algorithm.entropy_coef", a.entropy_coef, "must be >= 0")
+    _require(0 < a.correction_lower < 1 < a.correction_upper, "algorithm.correction_upper",
+             (a.correction_lower, a.correction_upper),
+             "need 0 < correction_lower < 1 < correction_upper")  # fmt: skip
+    _require(a.max_generation_rounds >= 1, "algorithm.max_generation_rounds",
+             a.max_generation_rounds, "must be >= 1")  # fmt: skip
+    _require(0 <= a.overlong_buffer < r.max_new_tokens, "algorithm.overlong_buffer",
+             a.overlong_buffer, f"must be in [0, max_new_tokens={r.max_new_tokens})")  # fmt: skip
+    _require(a.overlong_factor >= 0, "algorithm.overlong_factor", a.overlong_factor, ">= 0")
     _require(t.steps >= 0, "trainer.steps", t.steps, "must be >= 0")
     _require(t.resume == "never", "trainer.resume", t.resume,
              "only `never` is implemented so far (exact resume: reliability issue)")  # fmt: skip

@@ -1,9 +1,9 @@
 """The GRPO training loop (synchronous mode): the single controller of a run.
 
-Reads like a single-process script: prompts -> generate -> reward -> train -> push weights ->
-log -> maybe evaluate. Every phase is timed. The driver talks to actors only through the pools'
-coarse methods. Not covered yet: checkpoints and resume (reliability issue), overlapped modes
-(speed issue).
+Reads like a single-process script: prompts -> generate -> reward (-> more rounds with dynamic
+sampling) -> train -> push weights -> log -> maybe evaluate. Every phase is timed. The driver
+talks to actors only through the pools' coarse methods. Not covered yet: checkpoints and
+resume (reliability issue), overlapped modes (speed issue).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from cluster.data import PromptStream, load_prompts
 from cluster.metrics import MetricsLog, PhaseTimer, accuracy, rollout_metrics
 from cluster.models import resolve_model
 from cluster.ray_setup import connect_ray
+from cluster.rollout_batch import sample_batch
 from learner.group import LearnerGroup
 from learner.weight_push import make_transport
 from reward.pool import RewardPool
@@ -67,16 +68,13 @@ def train(cfg: Config) -> Path:
         log.write({"step": 0, **evaluate(cfg, rollout, rewards, eval_prompts)})
     for step in range(1, t.steps + 1):
         timer = PhaseTimer()
-        prompts = stream.next_batch(cfg.rollout.prompts_per_step)
-        with timer("generate"):
-            groups = rollout.generate(prompts, n=cfg.rollout.group_size)
-        with timer("reward"):
-            scores = rewards.score(groups)
+        batch = sample_batch(cfg, stream, rollout, rewards, timer)  # generate + reward
         with timer("train"):
-            train_metrics = learner.train(groups, scores)
+            train_metrics = learner.train(batch.groups, batch.shaped.rewards, batch.shaped.valid)
         with timer("push"):
             transport.push(learner, rollout, version=step)
-        row = {"step": step, **reward_metrics(scores, names)}
+        groups, scores = batch.generated_groups, batch.generated_scores
+        row = {"step": step, **reward_metrics(scores, names)} | batch.metrics
         row |= rollout_metrics(groups, scores, cfg.reward.accuracy_function)
         row |= train_metrics | timer.metrics()
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):

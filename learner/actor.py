@@ -1,12 +1,14 @@
 """The learner: one Ray actor per data-parallel rank, each owning a DeepSpeed ZeRO engine.
 
-Guarantees: every rank computes the same group-relative advantages from the whole batch, then
-trains on its own equal, contiguous share; each mini-batch is one optimizer step made of
-equal-size micro-batches, so DeepSpeed's gradient accumulation and data-parallel averaging
-give exactly the mean loss over the mini-batch. Old log-probabilities are recomputed only when
-a batch takes several optimizer steps (with one step they equal the current ones, detached).
-A reference model is loaded only when `algorithm.kl_coef > 0`. Not covered: ZeRO-3 for the
-reference model (it is a full copy on every rank), sequence packing.
+Guarantees: every rank computes the same advantages from the whole batch, then trains on its
+own equal, contiguous share (`BatchPlan`); each micro-batch's loss is its exact share of its
+mini-batch's loss, computed with token and sequence counts over the whole mini-batch, and is
+scaled so that DeepSpeed's gradient accumulation and data-parallel averaging sum the shares:
+loss and gradient do not depend on the micro-batch size or the number of ranks. Old
+log-probabilities are computed once before the first update when a batch takes several
+optimizer steps or the KL is a reward penalty (otherwise they equal the current ones,
+detached). A reference model is loaded only when `algorithm.kl_coef > 0`. Not covered: ZeRO-3
+for the reference model (it is a full copy on every rank), sequence packing.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 import torch
 
 from cluster.config import Config
-from learner import grpo
-from learner.batch import FlatSample, MicroBatch, collate, flatten
+from learner import grpo, losses
+from learner.advantages import compute_advantages
+from learner.batch import BatchPlan, FlatSample, MicroBatch, collate, flatten
 from rollout.records import Group
 
 
@@ -59,9 +62,12 @@ class LearnerActor:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         lc = cfg.learner
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay
-        )
+        if lc.optimizer == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay
+            )
         warmup = max(1, lc.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup)
@@ -82,12 +88,14 @@ class LearnerActor:
 
     def _ds_config(self) -> dict[str, Any]:
         lc, r, a = self.cfg.learner, self.cfg.rollout, self.cfg.algorithm
-        per_update = r.prompts_per_step * r.group_size // a.updates_per_batch
-        gas = per_update // (self.world_size * lc.micro_batch_size)
+        plan = BatchPlan(
+            r.prompts_per_step * r.group_size, self.world_size, a.updates_per_batch,
+            lc.micro_batch_size,
+        )  # fmt: skip
         return {
             "train_micro_batch_size_per_gpu": lc.micro_batch_size,
-            "gradient_accumulation_steps": gas,
-            "train_batch_size": per_update,
+            "gradient_accumulation_steps": plan.accumulation_steps,
+            "train_batch_size": plan.per_update,
             "gradient_clipping": lc.grad_clip,
             "zero_optimization": {"stage": lc.zero_stage},
             "zero_allow_untested_optimizer": True,
@@ -119,37 +127,61 @@ class LearnerActor:
     def _temperature(self) -> float:
         return self.cfg.rollout.temperature
 
-    def train(self, groups: list[Group], scores: list[list[Any]]) -> dict[str, float]:
-        """One GRPO update on a scored batch; returns metrics averaged over ranks."""
+    def train(
+        self, groups: list[Group], rewards: list[list[float]], valid: list[list[bool]]
+    ) -> dict[str, float]:
+        """One batch of GRPO-family updates (`algorithm.updates_per_batch` optimizer steps) on
+        `groups` with their final rewards [P][G]; returns metrics averaged over ranks."""
         a, lc = self.cfg.algorithm, self.cfg.learner
-        rewards = torch.tensor([[s.reward for s in row] for row in scores])  # [P, G]
-        valid = torch.tensor([[not s.excluded for s in row] for row in scores])  # [P, G]
-        advantages = grpo.group_advantages(rewards, valid, a.std_eps)  # [P, G]
-        flat = flatten(groups, advantages, valid)
-        share = len(flat) // self.world_size
-        mine = flat[self.rank * share : (self.rank + 1) * share]
-        micro = [
-            collate(mine[i : i + lc.micro_batch_size], self.pad_id)
-            for i in range(0, len(mine), lc.micro_batch_size)
-        ]
+        flat = flatten(groups, valid, a.mask_truncated)
+        plan = BatchPlan(len(flat), self.world_size, a.updates_per_batch, lc.micro_batch_size)
+        slices = plan.micro_slices(self.rank)
+        micro = [collate(flat[lo:hi], self.pad_id) for lo, hi in slices]
         model = self.engine.module
-        multi_update = a.updates_per_batch > 1
-        old = [self._logprobs(model, mb) for mb in micro] if multi_update else None
+        kl_reward = self.ref_model is not None and a.kl_in == "reward"
+        need_old = a.updates_per_batch > 1 or kl_reward
+        old = [self._logprobs(model, mb) for mb in micro] if need_old else None
         ref = [self._logprobs(self.ref_model, mb) for mb in micro] if self.ref_model else None
+
+        rewards_t = torch.tensor(rewards, dtype=torch.float32)  # [P, G]
+        metrics: dict[str, float] = {}
+        if kl_reward:
+            kl_sums = self._gather_kl_sums(micro, old, ref, plan)  # [P * G]
+            rewards_t = rewards_t - a.kl_coef * kl_sums.view_as(rewards_t)
+            metrics["train/kl_penalty"] = float(a.kl_coef * kl_sums.mean())
+        advantages = compute_advantages(
+            a.advantage_estimator, rewards_t, torch.tensor(valid), a.std_eps, a.std_normalization
+        ).flatten()  # [P * G]
+        tokens = [len(s.completion_ids) if s.valid else 0 for s in flat]
+        norm_tokens = a.loss_norm_tokens or self.cfg.rollout.max_new_tokens
+        # DeepSpeed divides each micro-batch's gradient by the accumulation steps and averages
+        # ranks; scaling by both makes the sum of the exact shares the mini-batch's gradient.
+        scale = plan.accumulation_steps * self.world_size
 
         self.engine.train()
         sums: dict[str, float] = {}
-        grad_norms = []
-        for i, mb in enumerate(micro):
+        loss_sum, grad_norms = 0.0, []
+        for i, (mb, (lo, hi)) in enumerate(zip(micro, slices, strict=True)):
+            num_tokens, num_seqs = plan.minibatch_counts(tokens, lo)
             logits = self._logits(self.engine, mb)
             targets, mask = mb.targets.to(logits.device), mb.mask.to(logits.device)
-            logp = grpo.token_logprobs(logits, targets, self._temperature)  # [B, L-1]
+            logp = grpo.token_logprobs(logits, targets, self._temperature)  # [B, C]
+            entropy = grpo.entropy_from_logits(
+                logits if a.entropy_coef > 0 else logits.detach(), self._temperature
+            )  # [B, C]
             old_logp = old[i] if old else logp.detach()
-            loss, stats = grpo.grpo_loss(
-                logp, old_logp, ref[i] if ref else None, mb.advantages.to(logits.device), mask,
-                a.clip_eps_low, a.clip_eps_high, a.kl_coef,
+            loss, stats = grpo.policy_loss(
+                logp, old_logp, mb.sampler_logprobs.to(logits.device),
+                ref[i] if ref and a.kl_in == "loss" else None,
+                entropy if a.entropy_coef > 0 else None, advantages[lo:hi].to(logits.device), mask,
+                num_tokens=num_tokens, num_seqs=num_seqs, aggregation=a.loss_aggregation,
+                norm_tokens=norm_tokens, clip_low=a.clip_eps_low, clip_high=a.clip_eps_high,
+                dual_clip=a.dual_clip, ratio_level=a.ratio_level, kl_coef=a.kl_coef,
+                kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
+                correction=a.sampler_correction, correction_upper=a.correction_upper,
+                correction_lower=a.correction_lower,
             )  # fmt: skip
-            self.engine.backward(loss)
+            self.engine.backward(loss * scale)
             boundary = self.engine.is_gradient_accumulation_boundary()
             # ZeRO stages record the pre-clip norm during the step; stage 0 does not, so it is
             # measured before the step (gradients are already averaged over ranks by then).
@@ -160,21 +192,38 @@ class LearnerActor:
                 recorded = self.engine.get_global_grad_norm()
                 grad_norms.append(float(recorded if recorded is not None else stage0_norm))
             with torch.no_grad():
-                entropy = grpo.masked_mean(
-                    grpo.entropy_from_logits(logits.detach(), self._temperature), mask
-                )
                 # Sampler/learner mismatch: k1 estimate of KL(vLLM || learner) on sampled tokens.
                 sampler = mb.sampler_logprobs.to(logits.device)
-                mismatch = grpo.masked_mean(sampler - old_logp, mask)
-            stats |= {"loss": loss.detach(), "entropy": entropy, "mismatch_kl": mismatch}
+                stats["mismatch_kl"] = losses.masked_mean(sampler - old_logp, mask)
+                stats["entropy"] = losses.masked_mean(entropy.detach(), mask)
+            loss_sum += float(loss.detach())
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(micro)
-        metrics = {f"train/{k}": v for k, v in self._mean_over_ranks(sums).items()}
+        metrics |= {f"train/{k}": v for k, v in self._mean_over_ranks(sums).items()}
+        # Shares sum to each mini-batch's loss over micro-batches and ranks; mean over updates.
+        total = self._mean_over_ranks({"loss": loss_sum})["loss"] * self.world_size
+        metrics["train/loss"] = total / a.updates_per_batch
         metrics["train/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["train/lr"] = self.engine.get_lr()[0]
         metrics["train/optimizer_steps"] = self.optimizer_steps
         metrics["train/advantage_abs_mean"] = float(advantages.abs().mean())
+        metrics["train/loss_tokens"] = float(sum(tokens))
         return metrics
+
+    def _gather_kl_sums(self, micro, old, ref, plan: BatchPlan) -> torch.Tensor:  # [P * G]
+        """Each sample's summed per-token KL(old policy || reference) over its loss tokens,
+        for the whole batch: every rank computes its share and the shares are all-gathered."""
+        est = self.cfg.algorithm.kl_estimator
+        mine = torch.cat(
+            [(losses.kl_estimate(o, r, est) * mb.mask).sum(-1) for mb, o, r in zip(micro, old, ref)]
+        )  # [share]
+        if self.world_size == 1:
+            return mine
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(parts, mine)
+        return torch.cat(parts)
 
     def _grad_norm(self) -> float:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
@@ -227,7 +276,7 @@ class LearnerActor:
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Learner log-probabilities of a fixed completion (temperature 1), for parity checks."""
-        sample = FlatSample(prompt_ids, completion_ids, [0.0] * len(completion_ids), 0.0, True)
+        sample = FlatSample(prompt_ids, completion_ids, [0.0] * len(completion_ids), True)
         mb = collate([sample], self.pad_id)
         with torch.no_grad():
             logits = self._logits(self.engine.module, mb)

@@ -17,13 +17,14 @@ from rollout.records import Group
 
 @dataclass
 class FlatSample:
-    """One sample with its prompt tokens, advantage and sampler log-probabilities."""
+    """One sample with its prompt tokens and sampler log-probabilities."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
     sampler_logprobs: list[float]
-    advantage: float
     valid: bool
+    """The sample's tokens enter the loss (its reward did not fail, and it is not a truncated
+    completion left out by `algorithm.mask_truncated`)."""
 
 
 @dataclass
@@ -36,19 +37,20 @@ class MicroBatch:
     position_ids: torch.Tensor  # [B, L] 0 at each prompt's first token
     targets: torch.Tensor  # [B, C] completion tokens, C = longest completion
     mask: torch.Tensor  # [B, C] 1 on completion tokens of valid samples
-    advantages: torch.Tensor  # [B]
     sampler_logprobs: torch.Tensor  # [B, C] vLLM's logprobs of the targets
 
 
-def flatten(groups: list[Group], advantages: torch.Tensor, valid: torch.Tensor) -> list[FlatSample]:
-    """Groups [P] of G samples and [P, G] advantages/valid -> P * G flat samples, group-major."""
+def flatten(
+    groups: list[Group], valid: list[list[bool]], mask_truncated: bool = False
+) -> list[FlatSample]:
+    """Groups [P] of G samples -> P * G flat samples, group-major. A sample enters the loss when
+    `valid[i][j]` and, with `mask_truncated`, when it was not cut at the token limit."""
     return [
         FlatSample(
             prompt_ids=g.prompt.token_ids,
             completion_ids=s.completion_token_ids,
             sampler_logprobs=s.logprobs,
-            advantage=float(advantages[i, j]),
-            valid=bool(valid[i, j]),
+            valid=valid[i][j] and not (mask_truncated and s.finish_reason == "length"),
         )
         for i, g in enumerate(groups)
         for j, s in enumerate(g.samples)
@@ -77,6 +79,64 @@ def collate(samples: list[FlatSample], pad_id: int) -> MicroBatch:
         position_ids=positions,
         targets=input_ids[:, p:],
         mask=mask,
-        advantages=torch.tensor([s.advantage for s in samples]),
         sampler_logprobs=sampler,
     )
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a batch of `num_samples` flat samples is split over ranks, updates and micro-batches.
+
+    Rank r takes the contiguous share [r * S, (r + 1) * S), S = num_samples / world_size. Each
+    share is cut into `updates` equal slices; mini-batch k (one optimizer step) is the k-th
+    slice of every rank, made of `accumulation_steps` micro-batches per rank. Config validation
+    guarantees the divisions are exact.
+    """
+
+    num_samples: int
+    world_size: int
+    updates: int
+    micro_batch_size: int
+
+    def __post_init__(self):
+        if self.num_samples % (self.world_size * self.updates * self.micro_batch_size):
+            raise ValueError(
+                f"{self.num_samples} samples do not split into {self.world_size} ranks x "
+                f"{self.updates} updates x micro-batches of {self.micro_batch_size}"
+            )
+
+    @property
+    def share(self) -> int:
+        return self.num_samples // self.world_size
+
+    @property
+    def per_rank_update(self) -> int:
+        return self.share // self.updates
+
+    @property
+    def per_update(self) -> int:
+        """Samples in one mini-batch over all ranks."""
+        return self.num_samples // self.updates
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.per_rank_update // self.micro_batch_size
+
+    def micro_slices(self, rank: int) -> list[tuple[int, int]]:
+        """[lo, hi) flat indices of `rank`'s micro-batches, in training order."""
+        start = rank * self.share
+        return [
+            (lo, lo + self.micro_batch_size)
+            for lo in range(start, start + self.share, self.micro_batch_size)
+        ]
+
+    def minibatch_counts(self, tokens: list[int], index: int) -> tuple[float, float]:
+        """Loss tokens and sequences with any loss token in the mini-batch that holds flat
+        sample `index`, over every rank (`tokens[i]` = sample i's loss tokens)."""
+        k = (index % self.share) // self.per_rank_update
+        members = [
+            tokens[r * self.share + k * self.per_rank_update + j]
+            for r in range(self.world_size)
+            for j in range(self.per_rank_update)
+        ]
+        return float(sum(members)), float(sum(n > 0 for n in members))

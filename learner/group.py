@@ -33,9 +33,10 @@ class LearnerGroup:
     def _all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
 
-    def train(self, groups, scores) -> dict[str, float]:
-        """One GRPO update on the scored batch; metrics averaged over ranks."""
-        return self._all("train", groups, scores)[0]
+    def train(self, groups, rewards, valid) -> dict[str, float]:
+        """One batch of updates on `groups` with rewards and validity [P][G]; metrics averaged
+        over ranks."""
+        return self._all("train", groups, rewards, valid)[0]
 
     def export_weights(self, dtype: str) -> list:
         """Object refs of the full policy's buckets (see `LearnerActor.export_weights`)."""

@@ -10,15 +10,15 @@ import torch
 
 from cluster.config import load_config
 from learner.group import LearnerGroup
-from reward.scoring import Score
 from rollout.records import Group, Prompt, Sample
 
 pytestmark = pytest.mark.integration
 
 
 def batch(prompts: int = 4, group: int = 4, seed: int = 0):
+    """Random groups with 0/1 rewards: (groups, rewards [P][G], valid [P][G])."""
     rng = random.Random(seed)
-    groups, scores = [], []
+    groups, rewards = [], []
     for p in range(prompts):
         prompt = Prompt(f"p{p}", "q", [3] + [rng.randrange(6, 52) for _ in range(5)] + [5, 4])
         samples = []
@@ -26,8 +26,8 @@ def batch(prompts: int = 4, group: int = 4, seed: int = 0):
             ids = [rng.randrange(6, 52) for _ in range(rng.randint(1, 6))]
             samples.append(Sample(ids, "", [-3.9] * len(ids), "stop", 0))
         groups.append(Group(prompt, samples))
-        scores.append([Score(reward=float(rng.random() < 0.5), components={}) for _ in samples])
-    return groups, scores
+        rewards.append([float(rng.random() < 0.5) for _ in samples])
+    return groups, rewards, [[True] * group for _ in range(prompts)]
 
 
 def params(learner: LearnerGroup) -> dict[str, torch.Tensor]:

@@ -47,7 +47,8 @@ def test_push_makes_engine_match_learner(ray_local, tiny_model, dtype, tol, lr):
     prompts = [Prompt(f"p{i}", "what is 2+3?", prompt_ids, "5") for i in range(8)]
     groups = rollout.generate(prompts, n=8)
     assert all(s.policy_version == 0 for g in groups for s in g.samples)
-    learner.train(groups, rewards.score(groups))
+    scores = rewards.score(groups)
+    learner.train(groups, [[s.reward for s in row] for row in scores], [[True] * 8] * 8)
     after_learner = learner.sequence_logprobs(prompt_ids, completion_ids)
     assert max_diff(after_learner, before_learner) > 5 * tol, "the step did not change the policy"
     # Not pushed yet: the engine still holds the old weights.

@@ -1,0 +1,114 @@
+"""Advantage estimators: one scalar advantage per sample from the rewards of its group.
+
+Guarantees: pure tensor functions (no Ray, DeepSpeed or config imports); every estimator takes
+rewards and a validity mask of shape [P, G] (P prompts, G samples each) and returns [P, G];
+invalid samples (a failed reward) get advantage 0 and never enter a mean or a std; a group with
+fewer than two valid samples has no baseline and gets 0. `ADVANTAGE_ESTIMATORS` maps the
+config's `algorithm.advantage_estimator` names to these functions. Not covered: per-token
+advantages (outcome rewards only; the per-token KL penalty is folded into the sequence reward
+before this step, see `learner/losses.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+STD_NORMALIZATIONS = ("group", "batch", "none")
+
+
+def _group_stats(rewards: torch.Tensor, valid: torch.Tensor):
+    """Per-group valid count [P, 1], mean [P, 1] and sample std [P, 1] (Bessel-corrected)."""
+    count = valid.sum(dim=1, keepdim=True)  # [P, 1]
+    mean = (rewards * valid).sum(dim=1, keepdim=True) / count.clamp(min=1)  # [P, 1]
+    sq_dev = ((rewards - mean) * valid) ** 2  # [P, G]
+    std = (sq_dev.sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()  # [P, 1]
+    return count, mean, std
+
+
+def _sample_std(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Sample std (Bessel-corrected) of `values` where `valid` is 1, as a 0-dim tensor."""
+    n = valid.sum()
+    mean = (values * valid).sum() / n.clamp(min=1)
+    return (((values - mean) * valid) ** 2).sum().div((n - 1).clamp(min=1)).sqrt()
+
+
+def grpo_advantages(
+    rewards: torch.Tensor,  # [P, G]
+    valid: torch.Tensor,  # [P, G] 1 = use this sample, 0 = its reward failed
+    eps: float = 1e-6,
+    std_normalization: str = "group",
+) -> torch.Tensor:  # [P, G]
+    """GRPO outcome supervision (DeepSeekMath, arXiv:2402.03300, sec. 4.1.2):
+    A_i = (r_i - mean(r_group)) / (std + eps), with std the sample std of the group's rewards
+    (`group`, the paper), of the whole batch's rewards (`batch`, as TRL's scale_rewards="batch";
+    Hu et al. argue it is less biased than the group std), or no division at all (`none`,
+    Dr. GRPO). A group whose valid rewards are all equal gets 0 (with `group` it would be 0/eps)."""
+    if std_normalization not in STD_NORMALIZATIONS:
+        raise ValueError(f"std_normalization={std_normalization!r}: use {STD_NORMALIZATIONS}")
+    valid = valid.to(rewards.dtype)
+    count, mean, group_std = _group_stats(rewards, valid)
+    signal = (count > 1) & (group_std > 0)  # [P, 1]
+    centered = torch.where(signal, rewards - mean, 0.0) * valid  # [P, G]
+    if std_normalization == "group":
+        return centered / torch.where(signal, group_std + eps, 1.0)
+    if std_normalization == "batch":
+        return centered / (_sample_std(rewards, valid) + eps)
+    return centered
+
+
+def dr_grpo_advantages(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO (Liu et al., "Understanding R1-Zero-Like Training", arXiv:2503.20783):
+    A_i = r_i - mean(r_group), no std division (it up-weights near-uniform groups)."""
+    return grpo_advantages(rewards, valid, std_normalization="none")
+
+
+def rloo_advantages(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """RLOO (Ahmadian et al., arXiv:2402.14740): the baseline of sample i is the mean of the
+    other samples of its group, A_i = r_i - (sum_j r_j - r_i) / (n - 1) = n / (n - 1) *
+    (r_i - mean), with n the group's valid samples."""
+    valid = valid.to(rewards.dtype)
+    count, mean, _ = _group_stats(rewards, valid)  # [P, 1]
+    scale = count / (count - 1).clamp(min=1)  # [P, 1]
+    return torch.where(count > 1, scale * (rewards - mean), 0.0) * valid  # [P, G]
+
+
+def reinforce_pp_baseline_advantages(
+    rewards: torch.Tensor, valid: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """REINFORCE++-baseline (Hu, arXiv:2501.03262): subtract the group mean, then whiten over
+    the batch: A = (a - mean(a)) / (std(a) + eps) with a = r - mean(r_group), mean and sample
+    std over the batch's valid samples. veRL whitens over tokens (each sample weighted by its
+    length); Cohort whitens over samples. Groups with fewer than two valid samples enter the
+    whitening with a = 0."""
+    valid_f = valid.to(rewards.dtype)
+    centered = dr_grpo_advantages(rewards, valid_f)  # [P, G]
+    n = valid_f.sum().clamp(min=1)
+    batch_mean = (centered * valid_f).sum() / n
+    return (centered - batch_mean) / (_sample_std(centered, valid_f) + eps) * valid_f
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": grpo_advantages,
+    "dr_grpo": dr_grpo_advantages,
+    "rloo": rloo_advantages,
+    "reinforce_pp_baseline": reinforce_pp_baseline_advantages,
+}
+
+
+def compute_advantages(
+    estimator: str,
+    rewards: torch.Tensor,  # [P, G]
+    valid: torch.Tensor,  # [P, G]
+    eps: float = 1e-6,
+    std_normalization: str = "group",
+) -> torch.Tensor:  # [P, G]
+    """Dispatch on `algorithm.advantage_estimator`; `std_normalization` applies to `grpo`."""
+    if estimator == "grpo":
+        return grpo_advantages(rewards, valid, eps, std_normalization)
+    if estimator == "reinforce_pp_baseline":
+        return reinforce_pp_baseline_advantages(rewards, valid, eps)
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"advantage estimator {estimator!r}: use {list(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[estimator](rewards, valid)
