@@ -131,7 +131,8 @@ class LearnerActor:
         self, groups: list[Group], rewards: list[list[float]], valid: list[list[bool]]
     ) -> dict[str, float]:
         """One batch of GRPO-family updates (`algorithm.updates_per_batch` optimizer steps) on
-        `groups` with their final rewards [P][G]; returns metrics averaged over ranks."""
+        `groups` with their final rewards [P][G]; returns metrics over the whole batch (all ranks;
+        per-token statistics are token means)."""
         a, lc = self.cfg.algorithm, self.cfg.learner
         flat = flatten(groups, valid, a.mask_truncated)
         plan = BatchPlan(len(flat), self.world_size, a.updates_per_batch, lc.micro_batch_size)
@@ -160,7 +161,7 @@ class LearnerActor:
 
         self.engine.train()
         sums: dict[str, float] = {}
-        loss_sum, grad_norms = 0.0, []
+        grad_norms: list[float] = []
         for i, (mb, (lo, hi)) in enumerate(zip(micro, slices, strict=True)):
             num_tokens, num_seqs = plan.minibatch_counts(tokens, lo)
             logits = self._logits(self.engine, mb)
@@ -196,13 +197,17 @@ class LearnerActor:
                 sampler = mb.sampler_logprobs.to(logits.device)
                 stats["mismatch_kl"] = losses.masked_mean(sampler - old_logp, mask)
                 stats["entropy"] = losses.masked_mean(entropy.detach(), mask)
-            loss_sum += float(loss.detach())
+            # Stats are token means per micro-batch; weighting by tokens makes them batch means.
+            weight = float(mask.sum())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["_tokens"] = sums.get("_tokens", 0.0) + weight
             for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / len(micro)
-        metrics |= {f"train/{k}": v for k, v in self._mean_over_ranks(sums).items()}
-        # Shares sum to each mini-batch's loss over micro-batches and ranks; mean over updates.
-        total = self._mean_over_ranks({"loss": loss_sum})["loss"] * self.world_size
-        metrics["train/loss"] = total / a.updates_per_batch
+                sums[k] = sums.get(k, 0.0) + float(v) * weight
+        sums = self._sum_over_ranks(sums)
+        tokens_seen = max(sums.pop("_tokens"), 1.0)
+        # Loss shares sum to each mini-batch's loss over micro-batches and ranks.
+        metrics["train/loss"] = sums.pop("loss") / a.updates_per_batch
+        metrics |= {f"train/{k}": v / tokens_seen for k, v in sums.items()}
         metrics["train/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["train/lr"] = self.engine.get_lr()[0]
         metrics["train/optimizer_steps"] = self.optimizer_steps
@@ -229,7 +234,7 @@ class LearnerActor:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
-    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+    def _sum_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         if self.world_size == 1:
             return values
         import torch.distributed as dist
@@ -237,7 +242,7 @@ class LearnerActor:
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(t)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t)}
+        return {k: float(v) for k, v in zip(keys, t)}
 
     # -----------------------------------------------------------------------------------------
     # Weights out
