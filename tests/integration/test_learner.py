@@ -65,7 +65,29 @@ def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
     # departs from 1 and the policy departs from the reference.
     assert first["train/optimizer_steps"] == 2
     assert first["train/kl"] > 0
-    second = learner.train(*batch(seed=1))
+    assert first["train/ratio_mean"] != 1.0  # old log-probs were taken before the first update
+    second = learner.train(*batch(seed=0))  # the same batch again, from further away
     assert second["train/optimizer_steps"] == 4
     assert second["train/kl"] > first["train/kl"]
+    learner.shutdown()
+
+
+def test_kl_as_reward_penalty_and_sampler_correction(ray_local, tiny_model):
+    overrides = [f"model.path={tiny_model}", "rollout.prompts_per_step=4",
+                 "rollout.group_size=4", "learner.micro_batch_size=4", "learner.lr=1e-2",
+                 "algorithm.kl_coef=0.1", "algorithm.kl_in=reward", "algorithm.kl_estimator=k1",
+                 "algorithm.sampler_correction=token_truncate",
+                 "algorithm.correction_upper=2"]  # fmt: skip
+    cfg = load_config("configs/smoke.yaml", overrides)
+    learner = LearnerGroup(cfg, tiny_model)
+    first = learner.train(*batch(seed=0))
+    # Before any step the policy is the reference: no penalty, and no KL term in the loss.
+    assert first["train/kl_penalty"] == pytest.approx(0.0, abs=1e-6)
+    assert "train/kl" not in first
+    # The batch's sampler log-probs are a flat -3.9, far below the learner's on its favoured
+    # tokens, so some weights pi_learner / pi_sampler exceed 2 and are truncated.
+    assert 0 < first["train/tis/truncated_frac"] < 1
+    assert first["train/tis/weight_mean"] <= 2.0
+    second = learner.train(*batch(seed=1))
+    assert second["train/kl_penalty"] != 0.0  # the policy moved away from the reference
     learner.shutdown()
