@@ -239,11 +239,22 @@ class TrainerConfig:
     """Evaluate on the held-out set every N steps, plus before the first and after the last step
     (0 = never)."""
     checkpoint_every: int = 0
-    """Save a checkpoint every N steps (0 = only the final policy, as a Hugging Face folder)."""
+    """Save a resumable checkpoint (model, optimizer, scheduler, RNG states, data position) every
+    N steps and after the last step, in `<run dir>/checkpoints/` (0 = none)."""
+    keep_checkpoints: int = 2
+    """Keep the newest this-many checkpoints; older ones are deleted once a new one is complete."""
     save_final: bool = True
     """Save the trained policy as a Hugging Face folder in the run directory at the end."""
     resume: str = "never"
-    """`never`, `auto` or a checkpoint path (exact resume arrives with the reliability issue)."""
+    """`never`; `auto`: continue the newest run under output_dir that has a complete checkpoint
+    (start a new run if none); or a run folder or checkpoint folder to continue from."""
+    max_nonfinite_steps: int = 3
+    """A step whose loss or gradient norm is not finite is skipped (no weight change); the run
+    stops after this many skipped in a row."""
+    fault_injection: str = ""
+    """Testing hook: comma-separated faults, e.g. `kill@train:3` (SIGKILL the driver during step
+    3's train phase), `nan_loss@2`, `disk_full@checkpoint:2`, `kill_rollout@3`,
+    `kill_reward@3`. Empty in real runs."""
     mode: Literal["sync"] = "sync"
     """`sync`: generate, score, train, push, in turn (overlapped modes arrive with issue 8)."""
     samples_every: int = 5
@@ -440,10 +451,11 @@ def validate(cfg: Config) -> None:
              a.overlong_buffer, f"must be in [0, max_new_tokens={r.max_new_tokens})")  # fmt: skip
     _require(a.overlong_factor >= 0, "algorithm.overlong_factor", a.overlong_factor, ">= 0")
     _require(t.steps >= 0, "trainer.steps", t.steps, "must be >= 0")
-    _require(t.resume == "never", "trainer.resume", t.resume,
-             "only `never` is implemented so far (exact resume: reliability issue)")  # fmt: skip
-    _require(t.checkpoint_every == 0, "trainer.checkpoint_every", t.checkpoint_every,
-             "mid-run checkpoints are not implemented yet (reliability issue); use 0")  # fmt: skip
+    _require(t.checkpoint_every >= 0, "trainer.checkpoint_every", t.checkpoint_every, ">= 0")
+    _require(t.keep_checkpoints >= 1, "trainer.keep_checkpoints", t.keep_checkpoints, ">= 1")
+    _require(t.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", t.max_nonfinite_steps,
+             ">= 1")  # fmt: skip
+    _require(bool(t.resume), "trainer.resume", t.resume, "use never, auto or a folder")
     _require(c.rollout_engines >= 1, "cluster.rollout_engines", c.rollout_engines, "must be >= 1")
     _require(cfg.reward.num_actors >= 1, "reward.num_actors", cfg.reward.num_actors, ">= 1")
     # Every rank trains on the same number of whole micro-batches in every mini-batch, so that

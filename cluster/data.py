@@ -138,6 +138,20 @@ class PromptStream:
         random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
         return order
 
+    def state(self) -> dict:
+        """The position in the stream (epoch and index; the order follows from the seed)."""
+        return {"epoch": self.epoch, "index": self.index, "size": len(self.prompts)}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()`; the prompts must be the same dataset."""
+        if state["size"] != len(self.prompts):
+            raise ValueError(
+                f"the checkpoint was taken with {state['size']} training prompts, the data now "
+                f"has {len(self.prompts)}: resume with the same data.train"
+            )
+        self.epoch, self.index = state["epoch"], state["index"]
+        self.order = self._order()
+
     def next_batch(self, n: int) -> list[Prompt]:
         batch = []
         while len(batch) < n:

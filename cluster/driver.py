@@ -2,8 +2,9 @@
 
 Reads like a single-process script: prompts -> generate -> reward (-> more rounds with dynamic
 sampling) -> train -> push weights -> log -> maybe evaluate. Every phase is timed. The driver
-talks to actors only through the pools' coarse methods. Not covered yet: checkpoints and
-resume (reliability issue), overlapped modes (speed issue).
+talks to actors only through the pools' coarse methods; `cluster/health.py` restarts dead
+actors and guards against non-finite steps, `cluster/checkpoint.py` writes and finds
+checkpoints. Not covered yet: overlapped modes (speed issue).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import json
 import time
 from pathlib import Path
 
+from cluster import checkpoint, faults
+from cluster.checkpoint import find_resume_point
 from cluster.config import Config, dump_yaml, reward_function_name
 from cluster.data import PromptStream, load_prompts
+from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, accuracy, rollout_metrics
 from cluster.models import resolve_model
 from cluster.ray_setup import connect_ray
@@ -41,8 +45,11 @@ def create_run_dir(cfg: Config) -> Path:
 
 
 def train(cfg: Config) -> Path:
-    """Run a whole experiment; returns the run directory."""
-    run_dir = create_run_dir(cfg)
+    """Run a whole experiment (or continue one, see `trainer.resume`); returns the run
+    directory."""
+    t = cfg.trainer
+    resume_from = find_resume_point(Path(t.output_dir), t.resume)
+    run_dir = resume_from.parent.parent if resume_from else create_run_dir(cfg)
     print(f"run directory: {run_dir}", flush=True)
     connect_ray(cfg)
     model_path = resolve_model(cfg.model.path)
@@ -52,7 +59,7 @@ def train(cfg: Config) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_prompts = load_prompts("train", cfg.data.train, cfg.data, tokenizer)
     eval_prompts = load_prompts("eval", cfg.data.eval, cfg.data, tokenizer)
-    stream = PromptStream(train_prompts, cfg.trainer.seed)
+    stream = PromptStream(train_prompts, t.seed)
 
     run_id = run_dir.name
     rollout = RolloutPool(cfg, model_path, run_id)
@@ -60,28 +67,38 @@ def train(cfg: Config) -> Path:
                          run_id=run_id)  # fmt: skip
     learner = LearnerGroup(cfg, model_path, run_id)
     transport = make_transport(cfg.cluster.weight_transport, cfg.model.rollout_dtype)
-    log = MetricsLog(run_dir / "metrics.jsonl", cfg.trainer.steps, cfg.logging.console)
+    health = Health(cfg, rollout, rewards, learner, transport)
     names = [reward_function_name(f) for f in cfg.reward.functions]
-    t = cfg.trainer
 
-    if t.eval_every:
+    start = 0
+    if resume_from:
+        start = resume(resume_from, run_dir, learner, stream)
+        transport.push(learner, rollout, version=start)  # engines sample the checkpoint's policy
+    log = MetricsLog(run_dir / "metrics.jsonl", t.steps, cfg.logging.console)
+    if t.eval_every and start == 0:
         log.write({"step": 0, **evaluate(cfg, rollout, rewards, eval_prompts)})
-    for step in range(1, t.steps + 1):
+    for step in range(start + 1, t.steps + 1):
         timer = PhaseTimer()
-        batch = sample_batch(cfg, stream, rollout, rewards, timer)  # generate + reward
-        with timer("train"):
-            train_metrics = learner.train(batch.groups, batch.shaped.rewards, batch.shaped.valid)
+        health.step = step
+        health.before_generate()
+        with faults_during("generate", t.fault_injection, step):
+            batch = sample_batch(cfg, stream, health.rollout, health.rewards, timer, step)
+        with timer("train"), faults_during("train", t.fault_injection, step):
+            train_metrics = health.train(batch.groups, batch.shaped.rewards, batch.shaped.valid)
         with timer("push"):
             transport.push(learner, rollout, version=step)
         groups, scores = batch.generated_groups, batch.generated_scores
         row = {"step": step, **reward_metrics(scores, names)} | batch.metrics
         row |= rollout_metrics(groups, scores, cfg.reward.accuracy_function)
-        row |= train_metrics | timer.metrics()
+        row |= train_metrics | health.metrics() | timer.metrics()
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
             row |= evaluate(cfg, rollout, rewards, eval_prompts)
         log.write(row)
         if t.samples_every and (step % t.samples_every == 0 or step == 1):
             write_samples(run_dir / "samples.jsonl", step, groups, scores)
+        if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
+            save_checkpoint(cfg, run_dir, step, learner, stream)
+        health.check_nonfinite(train_metrics)
     log.close()
     if t.save_final:
         learner.save_pretrained(str(run_dir / "policy"))
@@ -90,6 +107,36 @@ def train(cfg: Config) -> Path:
         pool.shutdown()
     print(f"done: metrics in {run_dir / 'metrics.jsonl'}", flush=True)
     return run_dir
+
+
+def save_checkpoint(cfg: Config, run_dir: Path, step: int, learner, stream) -> None:
+    """Write step `step`'s checkpoint; a failed write (e.g. a full disk) is reported and leaves
+    the previous checkpoint as `latest`."""
+    t0 = time.perf_counter()
+    tmp = checkpoint.begin(run_dir, step)
+    try:
+        learner.save_checkpoint(str(tmp / "learner"))
+        faults.at(cfg.trainer.fault_injection, "checkpoint", step)
+        state = {"step": step, "stream": stream.state(), "seed": cfg.trainer.seed}
+        path = checkpoint.commit(run_dir, tmp, step, state, cfg.trainer.keep_checkpoints)
+    except OSError as e:
+        checkpoint.abort(tmp)
+        print(f"checkpoint of step {step} FAILED ({e}); the previous checkpoint stays the "
+              "latest; free disk space, the next one will try again", flush=True)  # fmt: skip
+        return
+    print(f"checkpoint: {path} ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+
+def resume(path: Path, run_dir: Path, learner, stream) -> int:
+    """Load a checkpoint into the learner and the data stream; drop log rows written after it.
+    Returns the checkpoint's step."""
+    state = checkpoint.read_driver_state(path)
+    print(f"resuming from {path} (step {state['step']})", flush=True)
+    learner.load_checkpoint(str(path / "learner"))
+    stream.restore(state["stream"])
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        checkpoint.truncate_jsonl(run_dir / name, state["step"])
+    return state["step"]
 
 
 def evaluate(cfg: Config, rollout: RolloutPool, rewards: RewardPool, prompts: list[Prompt]) -> dict:

@@ -36,9 +36,10 @@ class TrainingBatch:
 
 
 def sample_batch(
-    cfg: Config, stream: PromptStream, rollout, rewards, timer: PhaseTimer
+    cfg: Config, stream: PromptStream, rollout, rewards, timer: PhaseTimer, step: int = 0
 ) -> TrainingBatch:
-    """Generate and score `prompts_per_step` groups, more rounds with dynamic sampling."""
+    """Generate and score `prompts_per_step` groups, more rounds with dynamic sampling. Each
+    round's sampling is seeded from (trainer.seed, step, round)."""
     a, r = cfg.algorithm, cfg.rollout
     rounds = a.max_generation_rounds if a.dynamic_sampling else 1
     groups: list[Group] = []
@@ -48,7 +49,8 @@ def sample_batch(
         done_rounds += 1
         prompts = stream.next_batch(r.prompts_per_step)
         with timer("generate"):
-            new_groups = rollout.generate(prompts, n=r.group_size)
+            seed = cfg.trainer.seed * 1_000_003 + step * 101 + done_rounds
+            new_groups = rollout.generate(prompts, n=r.group_size, seed=seed)
         with timer("reward"):
             scores += rewards.score(new_groups)
         groups += new_groups

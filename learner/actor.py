@@ -13,17 +13,38 @@ for the reference model (it is a full copy on every rank), sequence packing.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from cluster import faults
 from cluster.config import Config
 from learner import grpo, losses
 from learner.advantages import compute_advantages
 from learner.batch import BatchPlan, FlatSample, MicroBatch, collate, flatten
 from rollout.records import Group
+
+
+@contextmanager
+def _no_update(engine):
+    """Within the block, DeepSpeed's step leaves the weights, the optimizer moments and the
+    learning-rate schedule as they are (gradients are still zeroed)."""
+    targets = [engine.optimizer] + ([engine.lr_scheduler] if engine.lr_scheduler else [])
+    saved = [(obj, vars(obj).get("step")) for obj in targets]
+    for obj in targets:
+        obj.step = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        for obj, old in saved:
+            if old is None:
+                del obj.step
+            else:
+                obj.step = old
 
 
 class LearnerActor:
@@ -128,8 +149,9 @@ class LearnerActor:
         return self.cfg.rollout.temperature
 
     def train(
-        self, groups: list[Group], rewards: list[list[float]], valid: list[list[bool]]
-    ) -> dict[str, float]:
+        self, groups: list[Group], rewards: list[list[float]], valid: list[list[bool]],
+        step: int = 0,
+    ) -> dict[str, float]:  # fmt: skip
         """One batch of GRPO-family updates (`algorithm.updates_per_batch` optimizer steps) on
         `groups` with their final rewards [P][G]; returns metrics over the whole batch (all ranks;
         per-token statistics are token means)."""
@@ -162,6 +184,8 @@ class LearnerActor:
         self.engine.train()
         sums: dict[str, float] = {}
         grad_norms: list[float] = []
+        nonfinite, skipped = False, 0
+        inject_nan = faults.due(self.cfg.trainer.fault_injection, "nan_loss", step)
         for i, (mb, (lo, hi)) in enumerate(zip(micro, slices, strict=True)):
             num_tokens, num_seqs = plan.minibatch_counts(tokens, lo)
             logits = self._logits(self.engine, mb)
@@ -182,16 +206,28 @@ class LearnerActor:
                 correction=a.sampler_correction, correction_upper=a.correction_upper,
                 correction_lower=a.correction_lower,
             )  # fmt: skip
+            if inject_nan and i == 0:
+                loss = loss * float("nan")
             self.engine.backward(loss * scale)
+            nonfinite |= not bool(torch.isfinite(loss))
             boundary = self.engine.is_gradient_accumulation_boundary()
             # ZeRO stages record the pre-clip norm during the step; stage 0 does not, so it is
             # measured before the step (gradients are already averaged over ranks by then).
             stage0_norm = self._grad_norm() if boundary and not self.cfg.learner.zero_stage else 0
+            if boundary and self._any_rank(nonfinite or not math.isfinite(stage0_norm)):
+                # Skip the update: DeepSpeed would apply NaN/inf silently (fp32 has no overflow
+                # check). The step call still runs to keep its accumulation bookkeeping.
+                with _no_update(self.engine):
+                    self.engine.step()
+                skipped += 1
+                nonfinite = False
+                continue
             self.engine.step()
             if boundary:
                 self.optimizer_steps += 1
                 recorded = self.engine.get_global_grad_norm()
                 grad_norms.append(float(recorded if recorded is not None else stage0_norm))
+                nonfinite = False
             with torch.no_grad():
                 # Sampler/learner mismatch: k1 estimate of KL(vLLM || learner) on sampled tokens.
                 sampler = mb.sampler_logprobs.to(logits.device)
@@ -208,7 +244,8 @@ class LearnerActor:
         # Loss shares sum to each mini-batch's loss over micro-batches and ranks.
         metrics["train/loss"] = sums.pop("loss") / a.updates_per_batch
         metrics |= {f"train/{k}": v / tokens_seen for k, v in sums.items()}
-        metrics["train/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
+        metrics["train/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+        metrics["train/skipped_updates"] = float(skipped)
         metrics["train/lr"] = self.engine.get_lr()[0]
         metrics["train/optimizer_steps"] = self.optimizer_steps
         metrics["train/advantage_abs_mean"] = float(advantages.abs().mean())
@@ -229,6 +266,16 @@ class LearnerActor:
         parts = [torch.empty_like(mine) for _ in range(self.world_size)]
         dist.all_gather(parts, mine)
         return torch.cat(parts)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when `flag` is set on any rank (all ranks must call)."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def _grad_norm(self) -> float:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
@@ -287,6 +334,47 @@ class LearnerActor:
             logits = self._logits(self.engine.module, mb)
             logp = grpo.token_logprobs(logits, mb.targets.to(logits.device))
         return logp[0].tolist()
+
+    # -----------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def save_checkpoint(self, path: str) -> None:
+        """DeepSpeed model, optimizer and scheduler state (all ranks must call: ZeRO shards are
+        written by their owners) and this rank's RNG states, under `path`."""
+        import random
+
+        import numpy as np
+
+        self.engine.save_checkpoint(
+            path, tag="deepspeed", client_state={"optimizer_steps": self.optimizer_steps}
+        )
+        _, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+        rng = {
+            "python": random.getstate(),
+            "numpy": (torch.from_numpy(np_keys.astype("int64")), np_pos, np_gauss, np_cached),
+            "torch": torch.get_rng_state(),
+        }
+        torch.save(rng, os.path.join(path, f"rng_rank{self.rank}.pt"))
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore what `save_checkpoint` wrote. RNG states are read with `weights_only=True`;
+        DeepSpeed reads its own files (only resume from checkpoints you wrote)."""
+        import random
+
+        import numpy as np
+
+        _, client = self.engine.load_checkpoint(
+            path, tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if client is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint under {path}/deepspeed")
+        self.optimizer_steps = client["optimizer_steps"]
+        rng = torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=True)
+        version, state, gauss = rng["python"]
+        random.setstate((version, tuple(state), gauss))
+        keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype("uint32"), pos, has_gauss, cached))
+        torch.set_rng_state(rng["torch"])
 
     def save_pretrained(self, path: str) -> None:
         """Write the policy as a Hugging Face folder (rank 0 writes; all ranks must call)."""

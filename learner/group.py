@@ -33,10 +33,10 @@ class LearnerGroup:
     def _all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
 
-    def train(self, groups, rewards, valid) -> dict[str, float]:
-        """One batch of updates on `groups` with rewards and validity [P][G]; metrics averaged
-        over ranks."""
-        return self._all("train", groups, rewards, valid)[0]
+    def train(self, groups, rewards, valid, step: int = 0) -> dict[str, float]:
+        """One batch of updates on `groups` with rewards and validity [P][G]; metrics over the
+        whole batch."""
+        return self._all("train", groups, rewards, valid, step)[0]
 
     def export_weights(self, dtype: str) -> list:
         """Object refs of the full policy's buckets (see `LearnerActor.export_weights`)."""
@@ -44,6 +44,12 @@ class LearnerGroup:
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         return ray.get(self.ranks[0].sequence_logprobs.remote(prompt_ids, completion_ids))
+
+    def save_checkpoint(self, path: str) -> None:
+        self._all("save_checkpoint", path)
+
+    def load_checkpoint(self, path: str) -> None:
+        self._all("load_checkpoint", path)
 
     def save_pretrained(self, path: str) -> None:
         self._all("save_pretrained", path)

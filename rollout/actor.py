@@ -5,7 +5,8 @@ token ids, text, the log-probability of each sampled token under the sampling di
 (vLLM `processed_logprobs`: after temperature and top-p, what the learner recomputes), the
 finish reason and the policy version that produced it. After `load_weights` the prefix cache is
 cleared, so no KV computed with old weights is reused. Not covered: per-request seeds (they
-crash vLLM's CPU engine; the engine itself is seeded), tensor parallelism (scale-out issue).
+crash vLLM's CPU engine; the engine's global generator is seeded per call instead), tensor
+parallelism (scale-out issue).
 """
 
 from __future__ import annotations
@@ -79,10 +80,17 @@ class RolloutActor:
         self.version = 0
 
     def generate(
-        self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int
-    ) -> list[Group]:
-        """Sample n completions per prompt; temperature 0 means greedy."""
+        self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
+        seed: int | None = None,
+    ) -> list[Group]:  # fmt: skip
+        """Sample n completions per prompt; temperature 0 means greedy. With `seed`, the
+        engine's sampling RNG is reset first, so a step's samples depend only on the seed and
+        the weights (what makes a resumed run repeat the uninterrupted one)."""
+        import torch
         from vllm import SamplingParams
+
+        if seed is not None:
+            torch.manual_seed(seed)  # the engine runs in this process and samples from it
 
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0

@@ -1,8 +1,8 @@
 """All rollout engines as one object: split prompts across them, broadcast weights.
 
 Guarantees: `generate` returns groups in the order of the prompts given, whatever the number
-of engines; `load_weights` returns once every engine holds the new version. Not covered:
-restarting a dead engine (reliability issue).
+of engines; `load_weights` returns once every engine holds the new version. A dead engine
+is replaced by `restart_dead` (`cluster/health.py` decides when).
 """
 
 from __future__ import annotations
@@ -17,33 +17,57 @@ from rollout.records import Group, Prompt
 
 class RolloutPool:
     def __init__(self, cfg: Config, model_path: str, run_id: str = ""):
-        self.cfg = cfg
+        self.cfg, self.model_path, self.run_id = cfg, model_path, run_id
+        self.actors = [self._start(i) for i in range(cfg.cluster.rollout_engines)]
+        ray.get([a.__ray_ready__.remote() for a in self.actors])
+
+    def _start(self, i: int):
+        cfg = self.cfg
         options = {"num_cpus": cfg.cluster.rollout_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
-        remote = ray.remote(RolloutActor)
-        self.actors = [
-            remote.options(
-                name=f"cohort-rollout-{run_id}-{i}" if run_id else None,
+        return (
+            ray.remote(RolloutActor)
+            .options(
+                name=f"cohort-rollout-{self.run_id}-{i}" if self.run_id else None,
                 runtime_env={"env_vars": engine_env(cfg, i)},
                 **options,
-            ).remote(cfg, model_path, i)
-            for i in range(cfg.cluster.rollout_engines)
-        ]
-        ray.get([a.__ray_ready__.remote() for a in self.actors])
+            )
+            .remote(cfg, self.model_path, i)
+        )
+
+    def restart_dead(self) -> int:
+        """Replace every engine that no longer answers with a fresh one (initial weights: the
+        caller pushes the current ones); returns how many were restarted."""
+        restarted = 0
+        for i, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                ray.kill(actor)
+                self.actors[i] = self._start(i)
+                ray.get(self.actors[i].__ray_ready__.remote())
+                restarted += 1
+        return restarted
 
     def generate(
         self, prompts: list[Prompt], n: int, temperature: float | None = None,
-        max_tokens: int | None = None,
+        max_tokens: int | None = None, seed: int | None = None,
     ) -> list[Group]:  # fmt: skip
-        """Sample n completions for each prompt (temperature 0: greedy), engines in parallel."""
+        """Sample n completions for each prompt (temperature 0: greedy), engines in parallel;
+        `seed` makes the samples a function of the seed and the weights."""
         r = self.cfg.rollout
         temperature = r.temperature if temperature is None else temperature
         max_tokens = max_tokens or r.max_new_tokens
         chunks = split_contiguous(prompts, len(self.actors))
         futures = [
             a.generate.remote(
-                chunk, n, temperature, r.top_p if temperature > 0 else 1.0, max_tokens
+                chunk,
+                n,
+                temperature,
+                r.top_p if temperature > 0 else 1.0,
+                max_tokens,
+                None if seed is None else seed + 7919 * i,
             )  # fmt: skip
-            for a, chunk in zip(self.actors, chunks)
+            for i, (a, chunk) in enumerate(zip(self.actors, chunks))
             if chunk
         ]
         return [g for part in ray.get(futures) for g in part]

@@ -15,7 +15,7 @@ class FakeRollout:
     def __init__(self):
         self.calls = 0
 
-    def generate(self, prompts, n):
+    def generate(self, prompts, n, seed=None):
         self.calls += 1
         return [
             Group(p, [Sample([1] * (16 if j == 0 else 3), p.id, [0.0], "stop" if j else "length",

@@ -1,0 +1,47 @@
+"""Fault injection for the reliability tests, from `trainer.fault_injection`.
+
+A spec is `KIND@STEP` or `KIND@PHASE:STEP`, several separated by commas:
+`kill@generate:3` SIGKILLs the driver inside step 3's generate phase (also `train`, `push`,
+`checkpoint`: mid-write, after the learner state is on disk); `disk_full@checkpoint:2` raises
+ENOSPC while step 2's checkpoint is written; `nan_loss@2` makes the learner's loss NaN in step
+2; `kill_rollout@3` / `kill_reward@3` kill a rollout engine / reward actor before step 3
+generates / scores. Guaranteed: an empty spec does nothing, and every fault fires at most once
+per process. Not covered: faults outside these points (tests kill processes directly too).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+_fired: set[tuple[str, int]] = set()
+
+
+def parse(spec: str) -> dict[str, int]:
+    """`"kill@train:3,nan_loss@2"` -> {"kill@train": 3, "nan_loss": 2}."""
+    faults = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        kind, _, where = item.partition("@")
+        phase, _, step = where.rpartition(":")
+        if not step.isdigit():
+            raise ValueError(f"trainer.fault_injection: {item!r} is not KIND@[PHASE:]STEP")
+        faults[f"{kind}@{phase}" if phase else kind] = int(step)
+    return faults
+
+
+def due(spec: str, name: str, step: int) -> bool:
+    """True once, when fault `name` (e.g. `kill@train`, `nan_loss`) is configured for `step`."""
+    if not spec or parse(spec).get(name) != step or (name, step) in _fired:
+        return False
+    _fired.add((name, step))
+    return True
+
+
+def at(spec: str, phase: str, step: int) -> None:
+    """Driver hook: kill the process or fail the disk write if configured for this point."""
+    if due(spec, f"kill@{phase}", step):
+        print(f"fault injection: SIGKILL to the driver during {phase} of step {step}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if due(spec, f"disk_full@{phase}", step):
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at {phase} {step})")

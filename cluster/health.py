@@ -1,0 +1,134 @@
+"""Keeping a run alive: restart dead actors, retry their batch, guard against non-finite steps.
+
+Guaranteed: a rollout engine or reward actor that dies (killed, crashed, out of memory) during
+a call is restarted, a restarted engine receives the current weights before the call is
+retried, and each restart is counted (`faults/rollout_restarts`, `faults/reward_restarts`);
+a call is retried at most `MAX_RETRIES` times. A learner rank that dies stops the run with a
+message naming the last checkpoint (ZeRO state cannot be rebuilt from the other ranks). A step
+whose loss or gradient norm is not finite was skipped by the learner (no weight change); after
+`trainer.max_nonfinite_steps` such steps in a row the run stops. Not covered: a dead driver
+(resume from the checkpoint), the Ray head node dying.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
+import ray
+from ray.exceptions import RayActorError
+
+from cluster import faults
+from cluster.config import Config
+
+MAX_RETRIES = 2
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on; the message says why and how to continue."""
+
+
+@contextmanager
+def faults_during(phase: str, spec: str, step: int, delay_s: float = 0.2):
+    """Fault-injection hook: SIGKILL the driver `delay_s` into the phase (or at its end when it
+    is shorter), so the kill lands while the phase's remote calls are in flight."""
+    if not faults.due(spec, f"kill@{phase}", step):
+        yield
+        return
+
+    def kill():
+        print(f"fault injection: SIGKILL to the driver during {phase} of step {step}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    timer = threading.Timer(delay_s, kill)
+    timer.start()
+    yield
+    kill()
+
+
+class _Restarting:
+    """Forwards calls to a pool; on a dead actor, restarts it and retries the call."""
+
+    def __init__(self, pool, role: str, health: Health, after_restart=None):
+        self.pool, self.role, self.health, self.after_restart = pool, role, health, after_restart
+
+    def __getattr__(self, name: str):
+        method = getattr(self.pool, name)
+
+        def call(*args, **kwargs):
+            for attempt in range(MAX_RETRIES + 1):
+                try:
+                    return method(*args, **kwargs)
+                except RayActorError as e:
+                    if attempt == MAX_RETRIES:
+                        raise RunStopped(f"{self.role} actor died {attempt + 1} times in a row "
+                                         f"during step {self.health.step}: {e}") from e  # fmt: skip
+                    restarted = self.pool.restart_dead()
+                    self.health.restarts[self.role] += restarted
+                    msg = f"{self.role} actor died during step {self.health.step}"
+                    print(f"{msg} ({type(e).__name__}); restarted {restarted}, retrying",
+                          flush=True)  # fmt: skip
+                    if self.after_restart:
+                        self.after_restart()
+
+        return call
+
+
+class Health:
+    def __init__(self, cfg: Config, rollout, rewards, learner, transport):
+        self.cfg, self.learner, self.transport = cfg, learner, transport
+        self.step = 0
+        self.restarts = {"rollout": 0, "reward": 0}
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.rollout = _Restarting(rollout, "rollout", self, self._push_current_weights)
+        self.rewards = _Restarting(rewards, "reward", self)
+        self._raw_rollout, self._raw_rewards = rollout, rewards
+
+    def _push_current_weights(self) -> None:
+        self.transport.push(self.learner, self._raw_rollout, version=self.step - 1)
+
+    def before_generate(self) -> None:
+        """Fault-injection hooks that kill an actor before this step's generation."""
+        spec = self.cfg.trainer.fault_injection
+        if faults.due(spec, "kill_rollout", self.step):
+            print(f"fault injection: killing rollout engine 0 at step {self.step}", flush=True)
+            ray.kill(self._raw_rollout.actors[0])
+        if faults.due(spec, "kill_reward", self.step):
+            print(f"fault injection: killing reward actor 0 at step {self.step}", flush=True)
+            ray.kill(self._raw_rewards.actors[0])
+
+    def train(self, groups, rewards, valid) -> dict[str, float]:
+        try:
+            return self.learner.train(groups, rewards, valid, self.step)
+        except RayActorError as e:
+            raise RunStopped(
+                f"a learner rank died during step {self.step} ({type(e).__name__}: {e}). The "
+                "run stops: ZeRO state cannot be rebuilt from the other ranks. Continue from "
+                "the last checkpoint with trainer.resume=auto."
+            ) from e
+
+    def check_nonfinite(self, train_metrics: dict[str, float]) -> None:
+        """Count skipped (non-finite) steps; stop after too many in a row."""
+        if train_metrics.get("train/skipped_updates", 0) > 0:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+        else:
+            self.nonfinite_in_a_row = 0
+        limit = self.cfg.trainer.max_nonfinite_steps
+        if self.nonfinite_in_a_row >= limit:
+            raise RunStopped(
+                f"{limit} steps in a row (the last: step {self.step}) had a non-finite loss or "
+                "gradient norm and were skipped. Lower learner.lr, check the reward scale, or "
+                "set learner.grad_clip; continue from the last checkpoint with "
+                "trainer.resume=auto."
+            )
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "faults/rollout_restarts": float(self.restarts["rollout"]),
+            "faults/reward_restarts": float(self.restarts["reward"]),
+            "faults/nonfinite_steps": float(self.nonfinite_total),
+        }
