@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cluster.config import ConfigError
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 MANIFEST = "MANIFEST.json"
@@ -138,12 +140,12 @@ def find_resume_point(output_dir: Path, resume: str) -> Path | None:
     if (path / MANIFEST).exists() or path.name.startswith("step_"):
         reason = problem(path)
         if reason:
-            raise ValueError(f"trainer.resume={resume}: cannot resume from it: {reason}")
+            raise ConfigError(f"trainer.resume={resume}: cannot resume from it: {reason}")
         return path
     found = latest_valid(path)
     if found is None:
-        raise ValueError(
-            f"trainer.resume={resume}: no complete checkpoint under {path}/{CHECKPOINTS}"
+        raise ConfigError(
+            f"trainer.resume={resume}: no complete checkpoint in {path}/{CHECKPOINTS}"
         )
     return found
 

@@ -45,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from cluster.data import DataError
     from cluster.driver import train
+    from cluster.health import RunStopped
 
     try:
         train(cfg)
     except (ConfigError, DataError) as e:
         print(f"cohort: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"cohort: run stopped: {e}", file=sys.stderr)
+        return 3
     return 0

@@ -254,7 +254,7 @@ class TrainerConfig:
     fault_injection: str = ""
     """Testing hook: comma-separated faults, e.g. `kill@train:3` (SIGKILL the driver during step
     3's train phase), `nan_loss@2`, `disk_full@checkpoint:2`, `kill_rollout@3`,
-    `kill_reward@3`. Empty in real runs."""
+    `kill_reward@3`, `kill_learner@3` (see cluster/faults.py). Empty in real runs."""
     mode: Literal["sync"] = "sync"
     """`sync`: generate, score, train, push, in turn (overlapped modes arrive with issue 8)."""
     samples_every: int = 5

@@ -98,7 +98,7 @@ def train(cfg: Config) -> Path:
             write_samples(run_dir / "samples.jsonl", step, groups, scores)
         if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
             save_checkpoint(cfg, run_dir, step, learner, stream)
-        health.check_nonfinite(train_metrics)
+        health.stop_if_nonfinite()
     log.close()
     if t.save_final:
         learner.save_pretrained(str(run_dir / "policy"))

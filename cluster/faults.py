@@ -4,9 +4,9 @@ A spec is `KIND@STEP` or `KIND@PHASE:STEP`, several separated by commas:
 `kill@generate:3` SIGKILLs the driver inside step 3's generate phase (also `train`, `push`,
 `checkpoint`: mid-write, after the learner state is on disk); `disk_full@checkpoint:2` raises
 ENOSPC while step 2's checkpoint is written; `nan_loss@2` makes the learner's loss NaN in step
-2; `kill_rollout@3` / `kill_reward@3` kill a rollout engine / reward actor before step 3
-generates / scores. Guaranteed: an empty spec does nothing, and every fault fires at most once
-per process. Not covered: faults outside these points (tests kill processes directly too).
+2; `kill_rollout@3` / `kill_reward@3` / `kill_learner@3` kill rollout engine 0 / reward actor 0
+/ learner rank 0 in step 3. Guaranteed: an empty spec does nothing, and every fault fires at
+most once per process. Not covered: faults outside these points.
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ import signal
 _fired: set[tuple[str, int]] = set()
 
 
-def parse(spec: str) -> dict[str, int]:
-    """`"kill@train:3,nan_loss@2"` -> {"kill@train": 3, "nan_loss": 2}."""
-    faults = {}
+def parse(spec: str) -> dict[str, set[int]]:
+    """`"kill@train:3,nan_loss@2,nan_loss@3"` -> {"kill@train": {3}, "nan_loss": {2, 3}}."""
+    faults: dict[str, set[int]] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, where = item.partition("@")
         phase, _, step = where.rpartition(":")
         if not step.isdigit():
             raise ValueError(f"trainer.fault_injection: {item!r} is not KIND@[PHASE:]STEP")
-        faults[f"{kind}@{phase}" if phase else kind] = int(step)
+        faults.setdefault(f"{kind}@{phase}" if phase else kind, set()).add(int(step))
     return faults
 
 
 def due(spec: str, name: str, step: int) -> bool:
     """True once, when fault `name` (e.g. `kill@train`, `nan_loss`) is configured for `step`."""
-    if not spec or parse(spec).get(name) != step or (name, step) in _fired:
+    if not spec or step not in parse(spec).get(name, ()) or (name, step) in _fired:
         return False
     _fired.add((name, step))
     return True

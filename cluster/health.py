@@ -101,22 +101,28 @@ class Health:
             ray.kill(self._raw_rewards.actors[0])
 
     def train(self, groups, rewards, valid) -> dict[str, float]:
+        """The learner's update, counting steps it skipped for non-finite values."""
+        if faults.due(self.cfg.trainer.fault_injection, "kill_learner", self.step):
+            print(f"fault injection: killing learner rank 0 at step {self.step}", flush=True)
+            ray.kill(self.learner.ranks[0])
         try:
-            return self.learner.train(groups, rewards, valid, self.step)
+            metrics = self.learner.train(groups, rewards, valid, self.step)
         except RayActorError as e:
             raise RunStopped(
                 f"a learner rank died during step {self.step} ({type(e).__name__}: {e}). The "
                 "run stops: ZeRO state cannot be rebuilt from the other ranks. Continue from "
                 "the last checkpoint with trainer.resume=auto."
             ) from e
-
-    def check_nonfinite(self, train_metrics: dict[str, float]) -> None:
-        """Count skipped (non-finite) steps; stop after too many in a row."""
-        if train_metrics.get("train/skipped_updates", 0) > 0:
+        if metrics.get("train/skipped_updates", 0) > 0:
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
         else:
             self.nonfinite_in_a_row = 0
+        return metrics
+
+    def stop_if_nonfinite(self) -> None:
+        """Stop after `trainer.max_nonfinite_steps` skipped steps in a row (call once the
+        step's row and checkpoint are written)."""
         limit = self.cfg.trainer.max_nonfinite_steps
         if self.nonfinite_in_a_row >= limit:
             raise RunStopped(

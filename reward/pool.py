@@ -3,8 +3,9 @@
 Guaranteed: `score(groups)` returns one list of scores per group, in the order of `groups`,
 whatever the number of actors; groups are split into contiguous chunks whose sizes differ by at
 most one, and a group is never split. The constructor waits until every actor has loaded the
-reward functions, so a bad config fails there. Not guaranteed: recovery from a dead actor (the
-error propagates from `ray.get`); balancing by sample count or cost, only by group count.
+reward functions, so a bad config fails there. A dead actor is replaced by `restart_dead`
+(`cluster/health.py` decides when and retries the batch). Not guaranteed: balancing by sample
+count or cost, only by group count.
 """
 
 from __future__ import annotations
@@ -25,15 +26,13 @@ class RewardPool:
     """Handles to `cfg.num_actors` `RewardActor`s, named `[<run_id>-]cohort-reward-<i>`."""
 
     def __init__(self, cfg: RewardConfig, base_dir: str | Path, num_cpus: float, run_id: str = ""):
-        prefix = f"{run_id}-" if run_id else ""
-        actor_class = ray.remote(num_cpus=num_cpus)(RewardActor)
-        function_configs = [dataclasses.asdict(f) for f in cfg.functions]
-        self.actors = [
-            actor_class.options(name=f"{prefix}cohort-reward-{i}").remote(
-                function_configs, cfg.on_failure, cfg.failure_score, str(base_dir)
-            )
-            for i in range(cfg.num_actors)
-        ]
+        self.prefix = f"{run_id}-" if run_id else ""
+        self.actor_class = ray.remote(num_cpus=num_cpus)(RewardActor)
+        self.args = (
+            [dataclasses.asdict(f) for f in cfg.functions], cfg.on_failure, cfg.failure_score,
+            str(base_dir),
+        )  # fmt: skip
+        self.actors = [self._start(i) for i in range(cfg.num_actors)]
         # Waiting here surfaces a bad reward config now, not at the first step.
         try:
             names = ray.get([actor.function_names.remote() for actor in self.actors])
@@ -41,6 +40,22 @@ class RewardPool:
             self.shutdown()
             raise
         self.function_names: list[str] = names[0]
+
+    def _start(self, i: int):
+        return self.actor_class.options(name=f"{self.prefix}cohort-reward-{i}").remote(*self.args)
+
+    def restart_dead(self) -> int:
+        """Replace every actor that no longer answers; returns how many were restarted."""
+        restarted = 0
+        for i, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.function_names.remote(), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                ray.kill(actor)
+                self.actors[i] = self._start(i)
+                ray.get(self.actors[i].function_names.remote())
+                restarted += 1
+        return restarted
 
     def score(self, groups: list[Group]) -> list[list[Score]]:
         """Scores of `groups[i].samples[j]` at `[i][j]`, the groups scored by the actors in

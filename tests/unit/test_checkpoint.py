@@ -69,7 +69,10 @@ def test_truncate_jsonl_drops_rows_after_the_checkpoint(tmp_path):
 
 
 def test_fault_specs():
-    assert faults.parse("kill@train:3, nan_loss@2") == {"kill@train": 3, "nan_loss": 2}
+    assert faults.parse("kill@train:3, nan_loss@2,nan_loss@4") == {
+        "kill@train": {3},
+        "nan_loss": {2, 4},
+    }
     assert faults.due("nan_loss@2", "nan_loss", 2) and not faults.due("nan_loss@2", "nan_loss", 2)
     assert not faults.due("", "nan_loss", 2)
     with pytest.raises(ValueError, match="KIND@"):
