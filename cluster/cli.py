@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(documented_yaml(cfg))
         return 0
+    from cluster.ray_setup import secure_local_defaults
+
+    secure_local_defaults(cfg)  # before the driver imports ray
     from cluster.data import DataError
     from cluster.driver import train
     from cluster.health import RunStopped

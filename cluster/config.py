@@ -280,6 +280,9 @@ class ClusterConfig:
     """Place engines and learner ranks on GPUs (one each)."""
     weight_transport: Literal["auto", "object_store"] = "auto"
     """How new weights reach the engines; `auto` picks the best available (CPU: object_store)."""
+    dashboard: bool = True
+    """Local mode: start Ray's dashboard, bound to 127.0.0.1 and requiring the token in
+    ~/.ray/auth_token (Ray token authentication)."""
 
 
 @dataclass

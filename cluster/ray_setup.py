@@ -1,8 +1,10 @@
 """Bringing up Ray: start a local instance, or join a running cluster.
 
 Guarantees: local mode starts Ray with at least the logical CPUs the config's actors reserve
-(phases alternate in sync mode, so logical CPUs may exceed physical cores), no dashboard, and
-the repository on every worker's import path. Cluster mode (`cluster.address`, `RAY_ADDRESS`,
+(phases alternate in sync mode, so logical CPUs may exceed physical cores), the dashboard on
+127.0.0.1 only, token authentication when `secure_local_defaults` ran before ray was imported
+(the CLI does; RAY_AUTH_MODE set by the user wins), and the repository on every worker's
+import path. Cluster mode (`cluster.address`, `RAY_ADDRESS`,
 or running under `ray job submit`) joins the existing cluster and relies on the job's
 `--working-dir` to ship the code.
 """
@@ -12,8 +14,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-
-import ray
 
 from cluster.config import Config
 
@@ -29,7 +29,16 @@ def required_cpus(cfg: Config) -> float:
     )
 
 
+def secure_local_defaults(cfg: Config) -> None:
+    """In local mode, turn on Ray token authentication (unless RAY_AUTH_MODE is set). Ray reads
+    it when first imported, so call this before anything imports ray (the CLI does)."""
+    if not (cfg.cluster.address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def connect_ray(cfg: Config) -> None:
+    import ray
+
     if ray.is_initialized():
         return
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS", "")
@@ -38,9 +47,12 @@ def connect_ray(cfg: Config) -> None:
         return
     num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)), 4)
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    # The dashboard listens on loopback only; with `secure_local_defaults` every endpoint also
+    # wants the token Ray writes to ~/.ray/auth_token.
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=cfg.cluster.dashboard,
+        dashboard_host="127.0.0.1",
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
         log_to_driver=True,
     )

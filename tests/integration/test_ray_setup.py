@@ -1,0 +1,41 @@
+"""Local mode is safe by default: the dashboard is on loopback and wants Ray's token."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+PROBE = """
+import urllib.error, urllib.request
+from cluster.config import load_config
+from cluster.ray_setup import connect_ray, secure_local_defaults
+cfg = load_config("configs/smoke.yaml", [])
+secure_local_defaults(cfg)  # as the CLI does, before ray is imported
+import ray
+connect_ray(cfg)
+url = ray._private.worker.global_worker.node.address_info["webui_url"]
+print("URL", url)
+try:
+    urllib.request.urlopen(f"http://{url}/api/jobs/", timeout=10)
+    print("STATUS 200")
+except urllib.error.HTTPError as e:
+    print("STATUS", e.code)
+token = open(__import__("os").path.expanduser("~/.ray/auth_token")).read().strip()
+auth = {"Authorization": "Bearer " + token}
+req = urllib.request.Request(f"http://{url}/api/jobs/", headers=auth)
+print("WITH TOKEN", urllib.request.urlopen(req, timeout=10).status)
+"""
+
+
+def test_local_dashboard_is_loopback_and_token_protected():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    out = done.stdout
+    assert "URL 127.0.0.1:" in out, done.stderr[-2000:]
+    assert "STATUS 401" in out and "WITH TOKEN 200" in out, out + done.stderr[-2000:]
