@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -119,10 +120,13 @@ def save_checkpoint(cfg: Config, run_dir: Path, step: int, learner, stream) -> N
         faults.at(cfg.trainer.fault_injection, "checkpoint", step)
         state = {"step": step, "stream": stream.state(), "seed": cfg.trainer.seed}
         path = checkpoint.commit(run_dir, tmp, step, state, cfg.trainer.keep_checkpoints)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # a full disk surfaces as either (torch's writer)
         checkpoint.abort(tmp)
-        print(f"checkpoint of step {step} FAILED ({e}); the previous checkpoint stays the "
-              "latest; free disk space, the next one will try again", flush=True)  # fmt: skip
+        free_mb = shutil.disk_usage(run_dir).free / 2**20
+        cause = str(e).strip().splitlines()[-1][:300]
+        print(f"checkpoint of step {step} FAILED ({cause}; {free_mb:.0f} MiB free on "
+              f"{run_dir}); the previous checkpoint stays the latest and the run goes on; free "
+              "disk space, the next checkpoint will try again", flush=True)  # fmt: skip
         return
     print(f"checkpoint: {path} ({time.perf_counter() - t0:.1f}s)", flush=True)
 

@@ -82,3 +82,34 @@ def test_killed_run_resumes_exactly(tiny_model, tmp_path, uninterrupted, fault, 
     assert weights.keys() == want_weights.keys()
     assert all((weights[k] == want_weights[k]).all() for k in weights), "weights differ"
     assert (run / "checkpoints" / "latest").is_file()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 6 MiB tmpfs: room for one checkpoint of the tiny model (about 4 MiB), not two."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()}); the injected ENOSPC "
+                    "case above covers the logic")  # fmt: skip
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tiny_model, small_filesystem, uninterrupted):
+    out = small_filesystem / "runs"
+    first = cohort(tiny_model, out, "trainer.save_final=false")
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "checkpoint of step 2 FAILED" in first.stdout
+    (run,) = list(out.iterdir())
+    latest = json.loads((run / "checkpoints" / "latest").read_text())["checkpoint"]
+    assert latest == "step_000001"
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # the failed write was cleaned up
+    resumed = cohort(tiny_model, out, "trainer.save_final=false", "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "(step 1)" in resumed.stdout
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    assert rows == uninterrupted[0]
