@@ -278,8 +278,26 @@ class ClusterConfig:
     """Ray CPUs reserved by each reward actor."""
     use_gpu: bool = False
     """Place engines and learner ranks on GPUs (one each)."""
-    weight_transport: Literal["auto", "object_store"] = "auto"
-    """How new weights reach the engines; `auto` picks the best available (CPU: object_store)."""
+    rollout_tp: int = 1
+    """Tensor-parallel GPUs per rollout engine (GPU only); an engine's GPUs are packed on one
+    node."""
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources each rollout engine needs, e.g. `{rollout_node: 1}` to keep engines
+    on nodes started with `ray start --resources '{"rollout_node": 8}'`."""
+    learner_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources each learner rank needs (all ranks are in one placement group)."""
+    reward_resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources each reward actor needs (default: anywhere with CPUs)."""
+    weight_transport: Literal["auto", "object_store", "nccl", "ipc"] = "auto"
+    """How new weights reach the engines: `object_store` (any topology, CPU or GPU), `nccl`
+    (vLLM's NCCL weight transfer, learner rank 0 broadcasting; GPU), `ipc` (CUDA IPC handles,
+    colocated on the same GPUs), `auto` (ipc when colocated, nccl on GPU, else object_store)."""
+    colocate: bool = False
+    """GPU only: rollout engines and learner ranks share GPUs; engines sleep (vLLM sleep mode)
+    while the learner trains and wake for generation."""
+    verify_weights: bool = False
+    """After every push, check that all engines hold identical weights (a checksum per engine;
+    costs one pass over the weights; for tests and debugging)."""
     dashboard: bool = True
     """Local mode: start Ray's dashboard, bound to 127.0.0.1 and requiring the token in
     ~/.ray/auth_token (Ray token authentication)."""
@@ -460,6 +478,19 @@ def validate(cfg: Config) -> None:
              ">= 1")  # fmt: skip
     _require(bool(t.resume), "trainer.resume", t.resume, "use never, auto or a folder")
     _require(c.rollout_engines >= 1, "cluster.rollout_engines", c.rollout_engines, "must be >= 1")
+    _require(c.rollout_tp >= 1, "cluster.rollout_tp", c.rollout_tp, "must be >= 1")
+    _require(c.rollout_tp == 1 or c.use_gpu, "cluster.rollout_tp", c.rollout_tp,
+             "tensor parallelism needs GPUs (cluster.use_gpu: true)")  # fmt: skip
+    _require(c.use_gpu or c.weight_transport in ("auto", "object_store"),
+             "cluster.weight_transport", c.weight_transport,
+             "nccl and ipc need GPUs; use object_store (or auto) on CPU")  # fmt: skip
+    _require(not c.colocate or c.use_gpu, "cluster.colocate", c.colocate,
+             "shares GPUs; on CPU the phases already alternate on the same cores")  # fmt: skip
+    _require(not c.colocate or (c.rollout_tp == 1 and c.rollout_engines == lr.world_size),
+             "cluster.colocate", c.colocate, "needs cluster.rollout_tp 1 and as many rollout "
+             "engines as learner ranks (engine i shares rank i's GPU)")  # fmt: skip
+    _require(c.weight_transport != "ipc" or c.colocate, "cluster.weight_transport", "ipc",
+             "CUDA IPC needs engines on the learner's GPUs: set cluster.colocate")  # fmt: skip
     _require(cfg.reward.num_actors >= 1, "reward.num_actors", cfg.reward.num_actors, ">= 1")
     # Every rank trains on the same number of whole micro-batches in every mini-batch, so that
     # averaging micro-batch losses and ranks' gradients equals the batch mean exactly.

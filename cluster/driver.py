@@ -22,6 +22,7 @@ from cluster.data import PromptStream, load_prompts
 from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, accuracy, rollout_metrics
 from cluster.models import resolve_model
+from cluster.placement import report, reserve
 from cluster.ray_setup import connect_ray
 from cluster.rollout_batch import sample_batch
 from learner.group import LearnerGroup
@@ -63,11 +64,13 @@ def train(cfg: Config) -> Path:
     stream = PromptStream(train_prompts, t.seed)
 
     run_id = run_dir.name
-    rollout = RolloutPool(cfg, model_path, run_id)
+    placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
+    rollout = RolloutPool(cfg, model_path, run_id, placement)
     rewards = RewardPool(cfg.reward, base_dir=Path.cwd(), num_cpus=cfg.cluster.reward_cpus,
-                         run_id=run_id)  # fmt: skip
-    learner = LearnerGroup(cfg, model_path, run_id)
-    transport = make_transport(cfg.cluster.weight_transport, cfg.model.rollout_dtype)
+                         run_id=run_id, resources=cfg.cluster.reward_resources)  # fmt: skip
+    learner = LearnerGroup(cfg, model_path, run_id, placement)
+    (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))
+    transport = make_transport(cfg, learner, rollout)
     health = Health(cfg, rollout, rewards, learner, transport)
     names = [reward_function_name(f) for f in cfg.reward.functions]
 
@@ -84,14 +87,20 @@ def train(cfg: Config) -> Path:
         health.before_generate()
         with faults_during("generate", t.fault_injection, step):
             batch = sample_batch(cfg, stream, health.rollout, health.rewards, timer, step)
+        if cfg.cluster.colocate:
+            rollout.sleep()  # engines give the GPUs to the learner
         with timer("train"), faults_during("train", t.fault_injection, step):
             train_metrics = health.train(batch.groups, batch.shaped.rewards, batch.shaped.valid)
+        if cfg.cluster.colocate:
+            rollout.wake_up()
         with timer("push"):
             transport.push(learner, rollout, version=step)
         groups, scores = batch.generated_groups, batch.generated_scores
         row = {"step": step, **reward_metrics(scores, names)} | batch.metrics
         row |= rollout_metrics(groups, scores, cfg.reward.accuracy_function)
         row |= train_metrics | health.metrics() | timer.metrics()
+        if cfg.cluster.verify_weights:
+            row |= weight_check(rollout)
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
             row |= evaluate(cfg, rollout, rewards, eval_prompts)
         log.write(row)
@@ -104,10 +113,16 @@ def train(cfg: Config) -> Path:
     if t.save_final:
         learner.save_pretrained(str(run_dir / "policy"))
         tokenizer.save_pretrained(str(run_dir / "policy"))
-    for pool in (rollout, rewards, learner):
+    for pool in (rollout, rewards, learner, placement):
         pool.shutdown()
     print(f"done: metrics in {run_dir / 'metrics.jsonl'}", flush=True)
     return run_dir
+
+
+def weight_check(rollout: RolloutPool) -> dict:
+    """Checksums of every engine's weights after a push: all equal, and which value."""
+    sums = rollout.weights_checksums()
+    return {"push/engines_identical": float(len(set(sums)) == 1), "push/checksum": sums[0][:16]}
 
 
 def save_checkpoint(cfg: Config, run_dir: Path, step: int, learner, stream) -> None:

@@ -29,6 +29,32 @@ from learner.batch import BatchPlan, FlatSample, MicroBatch, collate, flatten
 from rollout.records import Group
 
 
+def _zero_source_class():
+    """`WeightSource` over the DeepSpeed module (defined lazily: vLLM is imported only by the GPU
+    transports)."""
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+
+    class ZeroSource(WeightSource):
+        """Every parameter in the engines' dtype; ZeRO-3 parameters gathered one at a time on
+        all ranks in the same order (the gather is a collective)."""
+
+        def __init__(self, actor: LearnerActor):
+            self.actor = actor
+            self.dtype = getattr(torch, actor.cfg.model.rollout_dtype)
+
+        def metadata(self) -> list:
+            return [
+                ParamMeta(name, self.dtype, tuple(getattr(p, "ds_shape", p.shape)))
+                for name, p in self.actor.engine.module.named_parameters()
+            ]
+
+        def __iter__(self):
+            for name, tensor in self.actor._full_parameters():
+                yield name, tensor.to(self.dtype)
+
+    return ZeroSource
+
+
 @contextmanager
 def _no_update(engine):
     """Within the block, DeepSpeed's step leaves the weights, the optimizer moments and the
@@ -53,6 +79,12 @@ class LearnerActor:
     def __init__(self, cfg: Config, model_path: str, rank: int):
         self.cfg, self.model_path, self.rank = cfg, model_path, rank
         self.world_size = cfg.learner.world_size
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (for the placement report)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def node_address(self) -> tuple[str, int]:
         """This node's IP and a free port: rank 0's become the process group's rendezvous."""
@@ -325,6 +357,32 @@ class LearnerActor:
         if bucket:
             refs.append(ray.put(bucket))
         return refs
+
+    def init_weight_transfer(
+        self, backend: str, engines: list, master: tuple[str, int] | None, world_size: int
+    ) -> None:
+        """GPU transports: join vLLM's weight transfer with the engines (`nccl`: a NCCL group of
+        learner rank 0 and every engine worker, rendezvous at `master`; `ipc`: CUDA IPC handles
+        of the colocated GPUs). All ranks call it; rank 0 is the sender."""
+        from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+        if backend == "nccl":
+            from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+            info = NCCLTrainerInitInfo(master_address=master[0], master_port=master[1],
+                                       world_size=world_size, rank=self.rank)  # fmt: skip
+        else:
+            from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
+
+            info = IPCTrainerInitInfo(rank=self.rank)
+        self.weight_sender = WeightTransferTrainerFactory.trainer_init(
+            info, client=RayVLLMWeightSyncClient(engines), source=_zero_source_class()(self)
+        )
+
+    def send_weights(self) -> None:
+        """Push the current weights through vLLM's weight transfer (all ranks call it)."""
+        self.weight_sender.send_weights()
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Learner log-probabilities of a fixed completion (temperature 1), for parity checks."""

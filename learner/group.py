@@ -15,16 +15,21 @@ from learner.actor import LearnerActor
 
 
 class LearnerGroup:
-    def __init__(self, cfg: Config, model_path: str, run_id: str = ""):
+    def __init__(self, cfg: Config, model_path: str, run_id: str = "", placement=None):
+        """`placement` (`cluster.placement.Placement`) puts rank r in bundle r of the learner
+        placement group."""
         n = cfg.learner.world_size
-        options: dict[str, Any] = {"num_cpus": cfg.cluster.learner_cpus}
-        if cfg.cluster.use_gpu:
-            options["num_gpus"] = 1
         remote = ray.remote(LearnerActor)
+
+        def options(rank: int) -> dict[str, Any]:
+            if placement is not None:
+                return placement.learner_options(rank)
+            return {"num_cpus": cfg.cluster.learner_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
+
         self.ranks = [
             remote.options(
-                name=f"cohort-learner-{run_id}-{r}" if run_id else None, **options
-            ).remote(cfg, model_path, r)
+                name=f"cohort-learner-{run_id}-{r}" if run_id else None, **options(r)
+            ).remote(cfg, model_path, r)  # fmt: skip
             for r in range(n)
         ]
         master_addr, master_port = ray.get(self.ranks[0].node_address.remote())

@@ -40,6 +40,12 @@ class RewardActor:
         self.on_failure = on_failure
         self.failure_score = failure_score
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (for the placement report)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def function_names(self) -> list[str]:
         """Names of the loaded functions, in config order (also a readiness check)."""
         return [f.name for f in self.functions]

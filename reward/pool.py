@@ -25,9 +25,13 @@ from rollout.records import Group
 class RewardPool:
     """Handles to `cfg.num_actors` `RewardActor`s, named `[<run_id>-]cohort-reward-<i>`."""
 
-    def __init__(self, cfg: RewardConfig, base_dir: str | Path, num_cpus: float, run_id: str = ""):
+    def __init__(
+        self, cfg: RewardConfig, base_dir: str | Path, num_cpus: float, run_id: str = "",
+        resources: dict[str, float] | None = None,
+    ):  # fmt: skip
+        """`resources`: extra Ray resources per actor (`cluster.reward_resources`)."""
         self.prefix = f"{run_id}-" if run_id else ""
-        self.actor_class = ray.remote(num_cpus=num_cpus)(RewardActor)
+        self.actor_class = ray.remote(num_cpus=num_cpus, resources=resources or {})(RewardActor)
         self.args = (
             [dataclasses.asdict(f) for f in cfg.functions], cfg.on_failure, cfg.failure_score,
             str(base_dir),
@@ -42,7 +46,7 @@ class RewardPool:
         self.function_names: list[str] = names[0]
 
     def _start(self, i: int):
-        return self.actor_class.options(name=f"{self.prefix}cohort-reward-{i}").remote(*self.args)
+        return self.actor_class.options(name=f"cohort-reward-{self.prefix}{i}").remote(*self.args)
 
     def restart_dead(self) -> int:
         """Replace every actor that no longer answers; returns how many were restarted."""

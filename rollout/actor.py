@@ -65,8 +65,22 @@ class RolloutActor:
 
         _quiet_expected_reload_warnings()
 
-        r = cfg.rollout
+        r, c = cfg.rollout, cfg.cluster
         max_len = cfg.data.max_prompt_tokens + max(r.max_new_tokens, r.eval_max_new_tokens)
+        gpu_options = {}
+        if c.use_gpu:
+            from vllm.config import WeightTransferConfig
+
+            from learner.weight_push import resolve_transport
+
+            transport = resolve_transport(cfg)
+            if transport in ("nccl", "ipc"):
+                gpu_options["weight_transfer_config"] = WeightTransferConfig(backend=transport)
+            if c.rollout_tp > 1:
+                gpu_options |= {"tensor_parallel_size": c.rollout_tp,
+                                "distributed_executor_backend": "ray"}  # fmt: skip
+            if c.colocate:
+                gpu_options["enable_sleep_mode"] = True
         self.llm = LLM(
             model=model_path,
             dtype=cfg.model.rollout_dtype,
@@ -75,7 +89,8 @@ class RolloutActor:
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rollout.worker_extension.WeightReceiver",
             gpu_memory_utilization=r.gpu_memory_utilization,
-            enforce_eager=True,
+            enforce_eager=not c.use_gpu,  # CUDA graphs on GPU; CPU compile costs ~40 s
+            **gpu_options,
         )
         self.version = 0
 
@@ -108,11 +123,51 @@ class RolloutActor:
         logprobs = [pos[tok].logprob for tok, pos in zip(ids, c.logprobs)]
         return Sample(ids, c.text, logprobs, c.finish_reason or "stop", self.version)
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (for the placement report)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def weights_checksum(self) -> str:
+        """SHA-256 over every weight of the engine's model, in name order (exact equality)."""
+        return self.llm.collective_rpc("cohort_weights_checksum")[0]
+
     def load_weights(self, refs: list, version: int) -> None:
         """Reload all weights from object-store buckets (see `WeightReceiver`)."""
         self.llm.collective_rpc("cohort_load_weights", args=(refs,))
         self.llm.reset_prefix_cache()
         self.version = version
+
+    # vLLM's weight-transfer protocol (NCCL / IPC), as `RayVLLMWeightSyncClient` calls it on
+    # an engine actor; each forwards to the engine's workers like vLLM's AsyncLLM does.
+
+    def init_weight_transfer_engine(self, request) -> None:
+        self.llm.collective_rpc("init_weight_transfer_engine",
+                                kwargs={"init_info": request.init_info})  # fmt: skip
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.llm.collective_rpc("shutdown_weight_transfer_engine")
+
+    def start_weight_update(self) -> None:
+        self.llm.collective_rpc("start_weight_update")
+
+    def update_weights(self, request) -> None:
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": request.update_info})
+
+    def finish_weight_update(self) -> None:
+        self.llm.collective_rpc("finish_weight_update")
+        self.llm.reset_prefix_cache()
+
+    def update_weight_version(self, version) -> None:
+        self.version = int(version)
+
+    def sleep(self) -> None:
+        """Colocated mode: free the GPU memory (weights and KV cache) while the learner trains."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """The engine's log-probabilities (temperature 1) of a fixed completion."""

@@ -16,14 +16,20 @@ from rollout.records import Group, Prompt
 
 
 class RolloutPool:
-    def __init__(self, cfg: Config, model_path: str, run_id: str = ""):
+    def __init__(self, cfg: Config, model_path: str, run_id: str = "", placement=None):
+        """`placement` (`cluster.placement.Placement`) puts engine i in its placement group;
+        without it engines go anywhere with the CPUs (GPU) they need."""
         self.cfg, self.model_path, self.run_id = cfg, model_path, run_id
+        self.placement = placement
         self.actors = [self._start(i) for i in range(cfg.cluster.rollout_engines)]
         ray.get([a.__ray_ready__.remote() for a in self.actors])
 
     def _start(self, i: int):
         cfg = self.cfg
-        options = {"num_cpus": cfg.cluster.rollout_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
+        options = (
+            self.placement.rollout_options(i) if self.placement
+            else {"num_cpus": cfg.cluster.rollout_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
+        )  # fmt: skip
         return (
             ray.remote(RolloutActor)
             .options(
@@ -82,6 +88,16 @@ class RolloutPool:
         return ray.get(
             [a.sequence_logprobs.remote(prompt_ids, completion_ids) for a in self.actors]
         )
+
+    def weights_checksums(self) -> list[str]:
+        """Each engine's SHA-256 over its weights (equal strings = identical weights)."""
+        return ray.get([a.weights_checksum.remote() for a in self.actors])
+
+    def sleep(self) -> None:
+        ray.get([a.sleep.remote() for a in self.actors])
+
+    def wake_up(self) -> None:
+        ray.get([a.wake_up.remote() for a in self.actors])
 
     def shutdown(self) -> None:
         for a in self.actors:

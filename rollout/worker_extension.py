@@ -20,6 +20,21 @@ class WeightReceiver:
         self.reload_weights(weights_iterator=weights(), is_checkpoint_format=True)
         self._refresh_tied_head()
 
+    def cohort_weights_checksum(self) -> str:
+        """SHA-256 over the model's parameters and buffers (name, dtype, bytes), in name order."""
+        import hashlib
+
+        import torch
+
+        digest = hashlib.sha256()
+        model = self.model_runner.get_model()
+        state = dict(model.named_parameters()) | dict(model.named_buffers())
+        for name in sorted(state):
+            t = state[name].detach().cpu().contiguous().reshape(-1)  # 0-dim buffers too
+            digest.update(name.encode() + str(t.dtype).encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def _refresh_tied_head(self) -> None:
         """A head tied to the input embedding receives no checkpoint weight, so the reload does
         not re-process it; on CPU it keeps a packed copy of the OLD embedding for its matmul

@@ -29,7 +29,8 @@ def one_step(tiny_model, aggregation: str, split: list[str], kl: bool):
     overrides = [f"model.path={tiny_model}", "rollout.prompts_per_step=4", "rollout.group_size=4",
                  "learner.optimizer=sgd", "learner.lr=1.0", "learner.grad_clip=0",
                  f"algorithm.loss_aggregation={aggregation}", "algorithm.entropy_coef=0.01",
-                 f"algorithm.kl_coef={0.1 if kl else 0}", "cluster.learner_cpus=0.5", *split]  # fmt: skip
+                 f"algorithm.kl_coef={0.1 if kl else 0}", "cluster.learner_cpus=0.5",
+                 *split]  # fmt: skip
     cfg = load_config("configs/smoke.yaml", overrides)
     learner = LearnerGroup(cfg, tiny_model)
     before = params(learner)

@@ -54,7 +54,7 @@ def test_push_makes_engine_match_learner(ray_local, tiny_model, dtype, tol, lr):
     # Not pushed yet: the engine still holds the old weights.
     assert max_diff(rollout.sequence_logprobs(prompt_ids, completion_ids)[0], before_engine) < tol
 
-    make_transport("object_store", cfg.model.rollout_dtype).push(learner, rollout, version=1)
+    make_transport(cfg, learner, rollout).push(learner, rollout, version=1)
     after_engine = rollout.sequence_logprobs(prompt_ids, completion_ids)[0]
     assert max_diff(after_engine, after_learner) < tol
     assert max_diff(after_engine, before_engine) > 5 * tol

@@ -1,0 +1,49 @@
+"""The resource check that runs before any actor starts (fake node lists, no Ray)."""
+
+import pytest
+
+from cluster.config import load_config
+from cluster.placement import PlacementError, check_resources, demands
+
+
+def cfg(*overrides):
+    return load_config("configs/smoke.yaml", list(overrides))
+
+
+def test_smoke_fits_one_small_node():
+    check_resources(cfg(), nodes=[{"CPU": 4.0}])
+
+
+def test_short_cpus_are_named_with_each_role():
+    # 1 engine x 0.5 + 1 rank x 0.5 + 1 reward actor x 0.25 = 1.25 CPUs
+    with pytest.raises(PlacementError) as e:
+        check_resources(cfg(), nodes=[{"CPU": 1.0}])
+    msg = str(e.value)
+    assert "CPU: needs 1.25 (learner ranks 0.5, rollout engines 0.5, reward actors 0.25)" in msg
+    assert "the cluster has 1" in msg
+
+
+def test_gpus_and_tensor_parallel_engines_must_fit_one_node():
+    c = cfg("cluster.use_gpu=true", "cluster.rollout_engines=2", "cluster.rollout_tp=2",
+            "learner.world_size=2", "learner.micro_batch_size=8")  # fmt: skip
+    assert sum(b.get("GPU", 0) for _, b in demands(c)) == 6  # 2 engines x 2 + 2 ranks
+    eight = [{"CPU": 16.0, "GPU": 8.0}]
+    check_resources(c, nodes=eight)
+    with pytest.raises(PlacementError, match="GPU: needs 6"):
+        check_resources(c, nodes=[{"CPU": 16.0, "GPU": 4.0}])
+    # enough GPUs in total, but no node has the 2 an engine needs together
+    with pytest.raises(PlacementError, match="on a single node"):
+        check_resources(c, nodes=[{"CPU": 4.0, "GPU": 1.0} for _ in range(6)])
+
+
+def test_role_labels_must_exist_on_some_node():
+    c = cfg("cluster.rollout_resources={rollout_node: 1}")
+    with pytest.raises(PlacementError, match="rollout_node: needs 1"):
+        check_resources(c, nodes=[{"CPU": 8.0}])
+    check_resources(c, nodes=[{"CPU": 2.0}, {"CPU": 2.0, "rollout_node": 1.0}])
+
+
+def test_colocated_engines_share_the_learner_bundles():
+    c = cfg("cluster.use_gpu=true", "cluster.colocate=true")
+    assert [role for role, _ in demands(c)] == ["learner ranks", "reward actors"]
+    check_resources(c, nodes=[{"CPU": 4.0, "GPU": 1.0}])
