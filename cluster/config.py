@@ -211,9 +211,9 @@ class AlgorithmConfig:
     correction_lower: float = 0.5
     """Lower threshold of `sequence_mask`."""
     dynamic_sampling: bool = False
-    """DAPO dynamic sampling: drop groups whose rewards are all equal and generate more prompts
-    until prompts_per_step groups have a spread (or max_generation_rounds is reached, when the
-    batch is filled with the dropped groups)."""
+    """DAPO dynamic sampling: drop groups whose reward scores (before the overlong penalty) are
+    all equal and generate more prompts until prompts_per_step groups have a spread (or
+    max_generation_rounds is reached, when the batch is filled with the dropped groups)."""
     max_generation_rounds: int = 3
     """Generation rounds per step at most, with dynamic_sampling."""
     overlong_buffer: int = 0

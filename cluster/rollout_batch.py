@@ -55,7 +55,10 @@ def sample_batch(
             scores += rewards.score(new_groups)
         groups += new_groups
         shaped = shape(cfg, groups, scores)
-        informative = [is_informative(*row) for row in zip(shaped.rewards, shaped.valid)]
+        # DAPO filters on the verifier's score, not on the length-shaped reward: a group that is
+        # all wrong (or all right) carries no accuracy signal whatever its lengths.
+        informative = [is_informative([s.reward for s in row], valid)
+                       for row, valid in zip(scores, shaped.valid)]  # fmt: skip
         if not a.dynamic_sampling or sum(informative) >= r.prompts_per_step:
             break
     keep = select_groups(informative, r.prompts_per_step) if a.dynamic_sampling else None

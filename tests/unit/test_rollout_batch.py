@@ -79,3 +79,14 @@ def test_overlong_penalty_reaches_the_learner_rewards_not_the_scores():
         assert rewards[0] == scores[0].reward - 0.5
         assert rewards[1:] == [s.reward for s in scores[1:]]
     assert batch.metrics["reward/overlong_penalty"] == -0.5 / 4
+
+
+def test_dynamic_sampling_filters_on_scores_not_on_the_length_penalty():
+    # even prompts: every sample scores 1, but sample 0 is overlong (-0.5): shaped rewards
+    # differ, yet the group says nothing about accuracy and must count as uninformative
+    cfg, stream, rollout = setup("algorithm.dynamic_sampling=true",
+                                 "algorithm.max_generation_rounds=5",
+                                 "algorithm.overlong_buffer=4", "algorithm.overlong_factor=0.5")  # fmt: skip
+    batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
+    assert all(int(g.prompt.id[-1]) % 2 for g in batch.groups)
+    assert batch.metrics["rollout/informative_frac"] < 1.0
