@@ -86,7 +86,8 @@ def test_dynamic_sampling_filters_on_scores_not_on_the_length_penalty():
     # differ, yet the group says nothing about accuracy and must count as uninformative
     cfg, stream, rollout = setup("algorithm.dynamic_sampling=true",
                                  "algorithm.max_generation_rounds=5",
-                                 "algorithm.overlong_buffer=4", "algorithm.overlong_factor=0.5")  # fmt: skip
+                                 "algorithm.overlong_buffer=4",
+                                 "algorithm.overlong_factor=0.5")  # fmt: skip
     batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
     assert all(int(g.prompt.id[-1]) % 2 for g in batch.groups)
     assert batch.metrics["rollout/informative_frac"] < 1.0
