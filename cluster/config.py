@@ -48,11 +48,22 @@ class DataSourceConfig:
     """Built-in generated source; empty to read `path` instead. `arithmetic`: questions
     'What is A op B?' with integer answers, operands in [min_operand, max_operand]."""
     path: str = ""
-    """JSONL file with one prompt per row (used when `generator` is empty)."""
+    """Dataset to read when `generator` is empty: a JSONL, Parquet or CSV file, a folder written
+    by Hugging Face `datasets` `save_to_disk`, or a hub dataset name (needs network)."""
+    format: Literal["auto", "jsonl", "parquet", "csv", "hf"] = "auto"
+    """File format of `path`; `auto` picks it from the extension (`.jsonl`/`.json`, `.parquet`,
+    `.csv`); a folder is a `save_to_disk` dataset, an `owner/name` that is no local path a hub
+    dataset (`hf`)."""
+    split: str = "train"
+    """Split to read from a Hugging Face dataset with several splits (`save_to_disk` of a
+    DatasetDict, or a hub dataset)."""
     prompt_key: str = "prompt"
     """Row field holding the prompt text (a string) or chat messages (a list of {role, content})."""
     answer_key: str = "answer"
-    """Row field holding the reference answer given to reward functions."""
+    """Row field holding the reference answer given to reward functions (empty: no answer)."""
+    fields: list[str] = field(default_factory=list)
+    """Other row fields handed to reward functions as `row` (empty: every other field); each
+    listed field must be present."""
     size: int = 1000
     """Number of generated problems (generated sources only)."""
     seed: int = 0
@@ -70,15 +81,26 @@ class DataConfig:
     train: DataSourceConfig = field(default_factory=DataSourceConfig)
     """Training prompts; shuffled with `trainer.seed`, reshuffled each epoch."""
     eval: DataSourceConfig = field(default_factory=lambda: DataSourceConfig(size=64, seed=1))
-    """Held-out prompts, decoded greedily at evaluation."""
+    """Held-out prompts, decoded greedily at evaluation (and by `cohort eval`)."""
     system_prompt: str = ""
     """System message put before every prompt (empty: none, the chat template's default)."""
     prompt_template: str = "{prompt}"
-    """Python format string wrapping the prompt text; `{prompt}` is the row's prompt."""
+    """Python format string wrapping the prompt text; `{prompt}` is the row's prompt (text
+    prompts only; chat messages are used as they are)."""
+    chat_template: str = ""
+    """Chat template override: empty = the tokenizer's own; a Jinja template string or the path
+    of a file holding one; `none` = no template (the text is tokenised as it is, base models)."""
     max_prompt_tokens: int = 256
     """Prompts longer than this (after the chat template) are dropped and counted, never cut."""
     on_bad_row: Literal["error", "skip"] = "error"
-    """What a malformed dataset row does: stop with an error naming file and row, or skip it."""
+    """What a malformed dataset row does: stop with an error naming file, row and field, or skip
+    it (skipped rows are counted, printed and saved in `data_report.json` of the run)."""
+    shuffle: bool = True
+    """Shuffle the training prompts with `trainer.seed`, reshuffled each epoch (false: file
+    order, every epoch)."""
+    epochs: float = 0
+    """Passes over the training prompts: > 0 sets trainer.steps to what that takes
+    (ceil(epochs x prompts / rollout.prompts_per_step)); 0 = trainer.steps decides."""
 
 
 @dataclass
@@ -306,7 +328,18 @@ class ClusterConfig:
 @dataclass
 class LoggingConfig:
     console: bool = True
-    """Print a progress line per step."""
+    """Show progress per step on the console (see `progress`)."""
+    progress: Literal["auto", "bar", "lines"] = "auto"
+    """`bar`: a tqdm progress bar with step, reward, accuracy and time per step; `lines`: one
+    plain line per step (logs, `ray job submit`); `auto`: a bar when stdout is a terminal."""
+    tensorboard: bool = False
+    """Write TensorBoard event files to `<run dir>/tensorboard/` (needs `tensorboard`)."""
+    wandb: dict[str, Any] = field(default_factory=dict)
+    """Weights & Biases: empty = off; else keyword arguments of `wandb.init`, e.g.
+    `{project: cohort, mode: offline}` (the run directory is `<run dir>/wandb/`)."""
+    mlflow: dict[str, Any] = field(default_factory=dict)
+    """MLflow: empty = off; else `{tracking_uri: URI, experiment: NAME}` (tracking_uri
+    default: MLflow's own, e.g. `MLFLOW_TRACKING_URI`; experiment default: `experiment`)."""
 
 
 @dataclass
@@ -527,6 +560,9 @@ def validate(cfg: Config) -> None:
             bad = [op for op in src.operations if op not in ("+", "-", "*")]
             _require(not bad and src.operations, key + ".operations", src.operations,
                      "use a non-empty list of `+`, `-`, `*`")  # fmt: skip
+    _require(cfg.data.epochs >= 0, "data.epochs", cfg.data.epochs, "must be >= 0")
+    _require(cfg.data.max_prompt_tokens >= 1, "data.max_prompt_tokens",
+             cfg.data.max_prompt_tokens, "must be >= 1")  # fmt: skip
     if not t.output_dir:
         t.output_dir = f"runs/{cfg.experiment}"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from cluster import checkpoint, faults
 from cluster.checkpoint import find_resume_point
 from cluster.config import Config, dump_yaml, reward_function_name
-from cluster.data import PromptStream, load_prompts
+from cluster.data import PromptStream, load_datasets, steps_for_epochs
 from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, accuracy, rollout_metrics
 from cluster.models import resolve_model
@@ -59,9 +59,10 @@ def train(cfg: Config) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_prompts = load_prompts("train", cfg.data.train, cfg.data, tokenizer)
-    eval_prompts = load_prompts("eval", cfg.data.eval, cfg.data, tokenizer)
-    stream = PromptStream(train_prompts, t.seed)
+    train_prompts, eval_prompts = load_datasets(cfg.data, tokenizer, run_dir)
+    if cfg.data.epochs:
+        t.steps = steps_for_epochs(cfg, len(train_prompts))
+    stream = PromptStream(train_prompts, t.seed, cfg.data.shuffle)
 
     run_id = run_dir.name
     placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
@@ -78,7 +79,7 @@ def train(cfg: Config) -> Path:
     if resume_from:
         start = resume(resume_from, run_dir, learner, stream)
         transport.push(learner, rollout, version=start)  # engines sample the checkpoint's policy
-    log = MetricsLog(run_dir / "metrics.jsonl", t.steps, cfg.logging.console)
+    log = MetricsLog.for_run(run_dir, cfg)  # metrics.jsonl, console, TensorBoard/W&B/MLflow
     if t.eval_every and start == 0:
         log.write({"step": 0, **evaluate(cfg, rollout, rewards, eval_prompts)})
     for step in range(start + 1, t.steps + 1):

@@ -1,18 +1,22 @@
-"""Step metrics: phase timers, rollout statistics, `metrics.jsonl` and the console line.
+"""Step metrics: phase timers, rollout statistics, `metrics.jsonl`, sinks and the console.
 
 Guarantees: one JSON object per line in `metrics.jsonl`, flushed after every step, each with
-`step`; keys are stable (see ARCHITECTURE.md "Names that scripts and recipes rely on").
+`step`; keys are stable (see ARCHITECTURE.md "Names that scripts and recipes rely on"). The
+same rows go to the sinks of `cluster/loggers.py`. The console shows a progress bar when stdout
+is a terminal and one plain line per step otherwise (`logging.progress`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cluster.loggers import numeric
 from rollout.records import Group
 
 
@@ -60,20 +64,66 @@ def accuracy(scores: list[list[Any]], accuracy_fn: str) -> float:
 
 
 class MetricsLog:
-    """Appends rows to `metrics.jsonl` and prints a one-line summary per step."""
+    """Appends rows to `metrics.jsonl`, forwards them to the configured sinks (TensorBoard,
+    W&B, MLflow) and shows progress: a tqdm bar on a terminal, one plain line per step
+    otherwise (logs, `ray job submit`)."""
 
-    def __init__(self, path: Path, total_steps: int, console: bool = True):
+    def __init__(
+        self, path: Path, total_steps: int, console: bool = True, progress: str = "lines",
+        sinks: list | None = None,
+    ):  # fmt: skip
         self.path, self.total_steps, self.console = path, total_steps, console
+        self.sinks = sinks or []
         self.file = path.open("a")
+        self.bar = None
+        if console and progress_mode(progress) == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg) -> MetricsLog:
+        """The run's log as `cfg.logging` asks: `<run_dir>/metrics.jsonl` always."""
+        from cluster.loggers import open_sinks
+
+        log = cfg.logging
+        return cls(run_dir / "metrics.jsonl", cfg.trainer.steps, log.console, log.progress,
+                   open_sinks(cfg, run_dir))  # fmt: skip
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        if self.console:
+        values = numeric(row)
+        for sink in self.sinks:
+            sink.log(values, row["step"])
+        if self.bar is not None:
+            self.bar.update(row["step"] - self.bar.n)
+            self.bar.set_postfix_str(format_short(row), refresh=True)
+            if any(k.startswith("eval/") for k in row):
+                self.bar.write(format_line(row, self.total_steps))
+        elif self.console:
             print(format_line(row, self.total_steps), flush=True)
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        for sink in self.sinks:
+            sink.close()
         self.file.close()
+
+
+def progress_mode(progress: str) -> str:
+    """`logging.progress` resolved: `auto` is a bar when stdout is a terminal."""
+    if progress == "auto":
+        return "bar" if sys.stdout.isatty() else "lines"
+    return progress
+
+
+def format_short(row: dict[str, Any]) -> str:
+    """The progress bar's postfix: reward, accuracy and seconds per step."""
+    fields = [("reward/mean", "reward {:.3f}"), ("accuracy", "acc {:.3f}"),
+              ("eval/accuracy", "eval acc {:.3f}"), ("time/step", "{:.1f}s/step")]  # fmt: skip
+    return " | ".join(fmt.format(row[key]) for key, fmt in fields if key in row)
 
 
 def format_line(row: dict[str, Any], total_steps: int) -> str:

@@ -42,7 +42,7 @@ def write_jsonl(path, lines):
         (b"{not json", "row 2: not valid JSON"),
         (b'{"q": "hi"}', "row 2: missing field 'a'"),
         (b'{"q": "", "a": 1}', "row 2: field 'q' must be a non-empty string"),
-        (b'{"q": "caf\xe9", "a": 1}', "row 2: undecodable byte"),
+        (b'{"q": "caf\xe9", "a": 1}', "row 2: field 'q': undecodable byte"),
     ],
 )
 def test_bad_rows_name_file_and_row(tmp_path, tok, line, message):
