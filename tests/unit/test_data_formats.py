@@ -285,3 +285,15 @@ def test_unshuffled_stream_keeps_file_order(tok):
     assert shuffled != prompts and [p.id for p in shuffled] == [
         p.id for p in PromptStream(prompts, seed=0).next_batch(5)
     ]
+
+
+def test_epochs_set_the_number_of_steps():
+    from cluster.config import ConfigError, load_config
+    from cluster.data import steps_for_epochs
+
+    cfg = load_config("configs/smoke.yaml", ["data.epochs=2"])  # 64 prompts, 8 per step
+    assert steps_for_epochs(cfg, 64) == 16 and steps_for_epochs(cfg, 60) == 15
+    cfg.data.epochs = 0.01
+    assert steps_for_epochs(cfg, 64) == 1
+    with pytest.raises(ConfigError, match="data.epochs=-1"):
+        load_config("configs/smoke.yaml", ["data.epochs=-1"])
