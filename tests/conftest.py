@@ -31,6 +31,18 @@ def ray_local():
     ray.shutdown()
 
 
+def ray_cli() -> tuple[str, dict[str, str]]:
+    """The venv's `ray` executable and an environment for `ray start` / `ray job submit` with
+    token authentication (no inherited RAY_ADDRESS)."""
+    import shutil
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+    return shutil.which("ray", path=str(bin_dir)) or "ray", env
+
+
 def run_cohort(args: list[str], timeout: int = 600, env: dict | None = None):
     """Run the real `python -m cluster ...` entry point from the repository root."""
     import subprocess

@@ -6,17 +6,13 @@ the weight push all run for real.
 """
 
 import json
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, ray_cli
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +24,7 @@ def free_port() -> int:
 
 
 def test_job_runs_smoke_config(tiny_model, tmp_path):
-    bin_dir = Path(sys.executable).parent
-    ray = shutil.which("ray", path=str(bin_dir)) or "ray"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+    ray, env = ray_cli()
     gcs, dash = free_port(), free_port()
     start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",

@@ -12,7 +12,6 @@ config (every non-time value to 1e-6 relative).
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cohort
+from tests.conftest import REPO, ray_cli, run_cohort
 from tests.e2e.test_job_submit import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,10 +39,7 @@ def metrics(out: Path) -> tuple[list[dict], Path]:
 
 
 def test_three_node_cluster_places_and_matches_single_node(tiny_model, tmp_path):
-    bin_dir = Path(sys.executable).parent
-    ray = shutil.which("ray", path=str(bin_dir)) or "ray"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+    ray, env = ray_cli()
     gcs, dash = free_port(), free_port()
     # short paths: Ray's unix sockets live there and must stay under 108 bytes
     short_dirs = [tempfile.mkdtemp(prefix="cohort-ray-", dir="/tmp") for _ in range(2)]
