@@ -252,13 +252,13 @@ class LearnerActor:
                 with _no_update(self.engine):
                     self.engine.step()
                 skipped += 1
-                nonfinite = False
-                continue
-            self.engine.step()
+            else:
+                self.engine.step()
+                if boundary:
+                    self.optimizer_steps += 1
+                    recorded = self.engine.get_global_grad_norm()
+                    grad_norms.append(float(recorded if recorded is not None else stage0_norm))
             if boundary:
-                self.optimizer_steps += 1
-                recorded = self.engine.get_global_grad_norm()
-                grad_norms.append(float(recorded if recorded is not None else stage0_norm))
                 nonfinite = False
             with torch.no_grad():
                 # Sampler/learner mismatch: k1 estimate of KL(vLLM || learner) on sampled tokens.

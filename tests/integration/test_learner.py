@@ -91,3 +91,21 @@ def test_kl_as_reward_penalty_and_sampler_correction(ray_local, tiny_model):
     second = learner.train(*batch(seed=1))
     assert second["train/kl_penalty"] != 0.0  # the policy moved away from the reference
     learner.shutdown()
+
+
+def test_nonfinite_step_leaves_weights_and_optimizer_alone(ray_local, tiny_model):
+    # one micro-batch per update (every micro-batch is a step boundary)
+    overrides = [f"model.path={tiny_model}", "rollout.prompts_per_step=4", "rollout.group_size=4",
+                 "learner.micro_batch_size=16", "learner.lr=1e-2",
+                 "trainer.fault_injection=nan_loss@1"]  # fmt: skip
+    cfg = load_config("configs/smoke.yaml", overrides)
+    learner = LearnerGroup(cfg, tiny_model)
+    before = params(learner)
+    skipped = learner.train(*batch(seed=0), 1)
+    assert skipped["train/skipped_updates"] == 1 and skipped["train/optimizer_steps"] == 0
+    after = params(learner)
+    assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step moved weights"
+    normal = learner.train(*batch(seed=0), 2)
+    assert normal["train/skipped_updates"] == 0 and normal["train/optimizer_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in params(learner).values())
+    learner.shutdown()
