@@ -136,6 +136,9 @@ class RewardFunctionConfig:
     """Weight of this function in the summed reward."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the function on every call."""
+    batched: bool = False
+    """Call the function once per group with lists (`completions`, `prompts=`, `answers=`,
+    `rows=`) instead of once per sample; it returns one value per completion."""
 
 
 @dataclass
@@ -152,9 +155,28 @@ class RewardConfig:
     failure_score: float = 0.0
     """Reward of a failed call when `on_failure` is `score`."""
     timeout_s: float = 30.0
-    """Wall-clock limit for scoring one sample (enforced with the sandbox, issue 4)."""
+    """Wall-clock limit of one reward call (one function on one sample, or on one group when
+    batched); past it the worker process and its children are killed and replaced, and the
+    call is a `timeout` failure."""
     num_actors: int = 1
-    """Reward actors; samples are split across them."""
+    """Reward actors; groups are split across them."""
+    workers_per_actor: int = 2
+    """Sandbox worker processes per reward actor; reward calls run in them in parallel (give
+    each actor as many CPUs with cluster.reward_cpus)."""
+    memory_limit_mb: int = 4096
+    """Address space a worker may add to what it holds after loading the functions
+    (RLIMIT_AS; an allocation beyond it raises MemoryError in the call); 0 = no limit."""
+    cpu_limit_s: float = 0.0
+    """CPU seconds one call may use (RLIMIT_CPU, re-armed before each call; the worker is killed
+    past it and the call is a `timeout` failure); 0 = only the wall-clock timeout_s."""
+    max_processes: int = 0
+    """Processes and threads a worker may start beyond those its user already runs
+    (RLIMIT_NPROC, not enforced for root); 0 = no limit (timeout_s still kills them)."""
+    max_failure_rate: float = 0.5
+    """Stop the run when one function fails on more than this fraction of a scoring call's
+    samples (1 = never stop)."""
+    failure_rate_min_samples: int = 16
+    """Samples a scoring call needs before max_failure_rate is checked."""
 
 
 @dataclass
@@ -525,6 +547,18 @@ def validate(cfg: Config) -> None:
     _require(c.weight_transport != "ipc" or c.colocate, "cluster.weight_transport", "ipc",
              "CUDA IPC needs engines on the learner's GPUs: set cluster.colocate")  # fmt: skip
     _require(cfg.reward.num_actors >= 1, "reward.num_actors", cfg.reward.num_actors, ">= 1")
+    rw = cfg.reward
+    _require(rw.timeout_s > 0, "reward.timeout_s", rw.timeout_s, "must be > 0 seconds")
+    _require(rw.workers_per_actor >= 1, "reward.workers_per_actor", rw.workers_per_actor, ">= 1")
+    _require(rw.memory_limit_mb >= 0, "reward.memory_limit_mb", rw.memory_limit_mb,
+             "must be >= 0 (0 = no limit)")  # fmt: skip
+    _require(rw.cpu_limit_s >= 0, "reward.cpu_limit_s", rw.cpu_limit_s, ">= 0 (0 = no limit)")
+    _require(rw.max_processes >= 0, "reward.max_processes", rw.max_processes,
+             "must be >= 0 (0 = no limit)")  # fmt: skip
+    _require(0 < rw.max_failure_rate <= 1, "reward.max_failure_rate", rw.max_failure_rate,
+             "must be in (0, 1]; 1 never stops the run")  # fmt: skip
+    _require(rw.failure_rate_min_samples >= 1, "reward.failure_rate_min_samples",
+             rw.failure_rate_min_samples, "must be >= 1")  # fmt: skip
     # Every rank trains on the same number of whole micro-batches in every mini-batch, so that
     # averaging micro-batch losses and ranks' gradients equals the batch mean exactly.
     per_update = r.prompts_per_step * r.group_size // a.updates_per_batch

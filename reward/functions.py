@@ -5,16 +5,18 @@ Guaranteed: a bad entry fails at load time with a `ConfigError` naming the confi
 and the names available. A user file is imported once per call under a module name unique to its
 resolved path, so two files with the same name do not clash. Not guaranteed: that a user
 function has the right signature or returns numbers; that is found when it is called and is a
-per-sample failure (see `scoring.py`). User code runs in this process, unsandboxed (issue 4).
+per-sample failure (see `scoring.py`). Loading imports user code in this process; calls run in
+the sandbox's workers (`sandbox.py`), which load the functions again themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +42,28 @@ class RewardFunction:
     kwargs: dict[str, Any]
     """Passed to `fn` on every call (`reward.functions[i].kwargs`)."""
     fn: Callable[..., Any]
+    batched: bool = False
+    """Called once per group with lists (`reward.functions[i].batched`, or `fn.batched = True`)."""
+    inputs: tuple[str, ...] = field(init=False, default=())
+    """The optional inputs (`OPTIONAL_INPUTS`) that `fn`'s signature names."""
+
+    def __post_init__(self):
+        self.batched = self.batched or bool(getattr(self.fn, "batched", False))
+        self.inputs = optional_inputs(self.fn)
+
+
+OPTIONAL_INPUTS = ("num_tokens", "finish_reason")
+"""Keyword arguments a function receives only when its signature names them (a batched function:
+`num_tokens` / `finish_reasons`, as lists)."""
+
+
+def optional_inputs(fn: Any) -> tuple[str, ...]:
+    """The `OPTIONAL_INPUTS` that `fn`'s signature names explicitly (plural for batched)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return ()
+    return tuple(n for n in OPTIONAL_INPUTS if n in params or n + "s" in params)
 
 
 def load_reward_function(
@@ -47,8 +71,9 @@ def load_reward_function(
 ) -> Callable[..., Any]:
     """The callable `cfg` names: `cfg.name` from `BUILTIN`, or `cfg.fn` = `path.py:function`.
 
-    A relative `path.py` is taken from `base_dir` (default: the current directory). `key` is the
-    config key of this entry, used in error messages.
+    A relative `path.py` is taken from `base_dir` (default: the current directory), or from the
+    current directory when it is only there (a Ray job's working directory on a worker node).
+    `key` is the config key of this entry, used in error messages.
     """
     if cfg.name:
         if cfg.name not in BUILTIN:
@@ -62,7 +87,10 @@ def load_reward_function(
     file_text, _, fn_name = cfg.fn.rpartition(":")
     path = Path(file_text).expanduser()
     if not path.is_absolute():
-        path = (base_dir or Path.cwd()) / path
+        # On another node of a Ray job the driver's directory does not exist, but the job's
+        # working directory (with the file) is this process's current directory.
+        here = (base_dir or Path.cwd()) / path
+        path = here if here.is_file() or not (Path.cwd() / path).is_file() else Path.cwd() / path
     path = path.resolve()
     if not path.is_file():
         raise ConfigError(f"{key}.fn={cfg.fn!r}: file {path} does not exist")
@@ -91,6 +119,7 @@ def load_reward_functions(
             weight=cfg.weight,
             fn=load_reward_function(cfg, base_dir, key=f"reward.functions[{i}]"),
             kwargs=dict(cfg.kwargs),
+            batched=cfg.batched,
         )
         for i, cfg in enumerate(cfgs)
     ]

@@ -16,10 +16,16 @@ from pathlib import Path
 import ray
 
 from cluster.config import RewardConfig
+from cluster.health import RunStopped
 from cluster.sharding import split_contiguous
 from reward.actor import RewardActor
+from reward.failures import FAILURES_LOG, append_failures, failure_rate_error, failure_records
 from reward.scoring import Score
 from rollout.records import Group
+
+
+class RewardFailureRateExceeded(RunStopped):
+    """A reward function failed on too many samples of one scoring call."""
 
 
 class RewardPool:
@@ -27,14 +33,21 @@ class RewardPool:
 
     def __init__(
         self, cfg: RewardConfig, base_dir: str | Path, num_cpus: float, run_id: str = "",
-        resources: dict[str, float] | None = None,
+        resources: dict[str, float] | None = None, run_dir: str | Path | None = None,
     ):  # fmt: skip
-        """`resources`: extra Ray resources per actor (`cluster.reward_resources`)."""
+        """`resources`: extra Ray resources per actor (`cluster.reward_resources`); `run_dir`:
+        where the failures log goes (None: no log)."""
+        self.cfg = cfg
+        self.failures_log = Path(run_dir) / FAILURES_LOG if run_dir else None
+        self.calls = 0
+        sandbox = {"workers": cfg.workers_per_actor, "timeout_s": cfg.timeout_s,
+                   "memory_limit_mb": cfg.memory_limit_mb, "cpu_limit_s": cfg.cpu_limit_s,
+                   "max_processes": cfg.max_processes}  # fmt: skip
         self.prefix = f"{run_id}-" if run_id else ""
         self.actor_class = ray.remote(num_cpus=num_cpus, resources=resources or {})(RewardActor)
         self.args = (
             [dataclasses.asdict(f) for f in cfg.functions], cfg.on_failure, cfg.failure_score,
-            str(base_dir),
+            str(base_dir), sandbox,
         )  # fmt: skip
         self.actors = [self._start(i) for i in range(cfg.num_actors)]
         # Waiting here surfaces a bad reward config now, not at the first step.
@@ -63,7 +76,19 @@ class RewardPool:
 
     def score(self, groups: list[Group]) -> list[list[Score]]:
         """Scores of `groups[i].samples[j]` at `[i][j]`, the groups scored by the actors in
-        parallel."""
+        parallel; failures logged, and the failure rate checked (see the module docstring)."""
+        scores = self._score(groups)
+        self.calls += 1
+        if self.failures_log is not None:
+            append_failures(self.failures_log, failure_records(groups, scores, self.calls))
+        error = failure_rate_error(scores, self.function_names, self.cfg.max_failure_rate,
+                                   self.cfg.failure_rate_min_samples)  # fmt: skip
+        if error:
+            where = self.failures_log or "no failures log: the pool was given no run_dir"
+            raise RewardFailureRateExceeded(f"{error} Failures log: {where}")
+        return scores
+
+    def _score(self, groups: list[Group]) -> list[list[Score]]:
         if not self.actors:
             raise RuntimeError("RewardPool.score called after shutdown(); build a new pool")
         chunks = split_contiguous(groups, len(self.actors))

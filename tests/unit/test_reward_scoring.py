@@ -99,15 +99,24 @@ def test_groups_and_metrics():
     assert scores[0][1].errors == {"breaks": "KeyError: 'x'"}
     metrics = reward_metrics(scores, ["length", "breaks"])
     # kept rewards 11 and 13: mean 12, population std 1; length scored on all three: (1+2+3)/3
+    # Call seconds are measured, so checked apart: every function has them, >= 0.
+    seconds = {k: metrics.pop(k) for k in list(metrics) if k.endswith("/seconds")}
+    assert sorted(seconds) == ["reward/breaks/seconds", "reward/length/seconds"]
+    assert all(v >= 0 for v in seconds.values())
+    no_failures = {f"failures/{kind}": 0.0 for kind in ("exception", "timeout", "crash", "invalid")}
     assert metrics == {
         "reward/mean": 12.0,
         "reward/std": 1.0,
         "reward/length/mean": 2.0,
         "reward/length/errors": 0.0,
+        **{f"reward/length/{k}": v for k, v in no_failures.items()},
         "reward/breaks/mean": 1.0,
         "reward/breaks/errors": 1.0,
+        **{f"reward/breaks/{k}": v for k, v in no_failures.items()},
+        "reward/breaks/failures/exception": 1.0,
         "reward/errors": 1.0,
         "reward/excluded": 1.0,
+        "reward/failure_rate": 1 / 3,
     }
 
 
@@ -161,8 +170,11 @@ def test_load_errors_name_key_path_and_function(tmp_path):
 def test_actor_class_in_process(tmp_path):
     # The actor rebuilds configs from plain dicts, as they arrive through Ray.
     actor = RewardActor([{"name": "math_answer", "weight": 2.0}], "exclude", 0.0, str(tmp_path))
-    assert actor.function_names() == ["math_answer"]
-    [[right, wrong]] = actor.score([Group(PROMPT, [sample("\\boxed{7}"), sample("8")])])
+    try:
+        assert actor.function_names() == ["math_answer"]
+        [[right, wrong]] = actor.score([Group(PROMPT, [sample("\\boxed{7}"), sample("8")])])
+    finally:
+        actor.close()
     assert (right.reward, wrong.reward) == (2.0, 0.0)
 
 

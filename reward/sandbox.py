@@ -1,0 +1,202 @@
+"""`Sandbox`: a pool of worker processes that run reward calls under a hard wall-clock limit.
+
+Workers come from a `forkserver` (never `fork` of the threaded Ray actor) that has imported the
+built-ins once, so a replacement starts in milliseconds; each worker loads the reward functions
+itself (`worker.py`). Tasks are handed out in small chunks; a worker answers each task as it
+finishes, so the parent knows which task a worker is on and since when.
+
+Guaranteed: `run(tasks)` returns one list of outcomes per task, in task order, and returns: a
+task running longer than `timeout_s` is a `timeout` failure, and a worker that dies during a
+task (`os._exit`, a signal, the OOM killer, RLIMIT_CPU) makes it a `crash` failure (`timeout`
+for RLIMIT_CPU); either way the worker's whole process group is SIGKILLed and a fresh worker
+replaces it, and the tasks it had not started yet go to other workers. `run` takes at most about
+`timeout_s` longer per hung task than the work itself (hung tasks on different workers overlap).
+Not guaranteed: that a task which fails the worker is retried (it is not: a crash or hang is the
+task's outcome), or fairness between tasks of different cost.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+from reward.scoring import Outcome
+from reward.worker import Limits, Task, worker_main
+
+START_TIMEOUT_S = 120.0
+"""How long a new worker may take to load the reward functions."""
+MAX_CHUNK = 32
+"""Most tasks handed to a worker at once (fewer when there are few tasks per worker)."""
+
+
+@dataclass
+class _Worker:
+    process: mp.process.BaseProcess
+    conn: mp.connection.Connection
+    started: float
+    ready: bool = False
+    inflight: deque[int] = field(default_factory=deque)
+    """Ids of the tasks sent and not yet answered; the first is running."""
+    since: float = 0.0
+    """When the running task started (its dispatch, or the previous task's answer)."""
+
+
+class Sandbox:
+    """`workers` worker processes that have loaded `function_configs` (plain dicts of
+    `RewardFunctionConfig`, user files relative to `base_dir`)."""
+
+    def __init__(
+        self,
+        function_configs: list[dict],
+        base_dir: str,
+        workers: int = 2,
+        timeout_s: float = 30.0,
+        limits: Limits | None = None,
+    ):
+        self.args = (function_configs, str(base_dir), limits or Limits())
+        self.timeout_s = timeout_s
+        self.ctx = mp.get_context("forkserver")
+        # Workers fork from a server that has imported math-verify and sympy once.
+        self.ctx.set_forkserver_preload(["reward.worker", "reward.builtin"])
+        self.replaced = 0
+        """Workers killed or found dead and replaced, over the sandbox's life."""
+        self.workers: list[_Worker] = []
+        try:
+            self.workers = [self._start() for _ in range(workers)]
+            while not all(w.ready for w in self.workers):
+                wait([w.conn for w in self.workers if not w.ready], timeout=1.0)
+                for w in self.workers:
+                    self._drain(w, [])
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, tasks: list[Task]) -> list[list[Outcome]]:
+        """Outcomes of every task, in order; see the module docstring for failures."""
+        if not self.workers:
+            raise RuntimeError("Sandbox.run called after close(); build a new sandbox")
+        results: list[list[Outcome] | None] = [None] * len(tasks)
+        pending = deque(range(len(tasks)))
+        chunk = max(1, min(MAX_CHUNK, math.ceil(len(tasks) / (4 * len(self.workers)))))
+        while pending or any(w.inflight for w in self.workers):
+            for w in self.workers:
+                if w.ready and not w.inflight and pending:
+                    ids = [pending.popleft() for _ in range(min(chunk, len(pending)))]
+                    self._send(w, ids, tasks, pending)
+            waiting = [w for w in self.workers if w.inflight or not w.ready]
+            deadlines = [w.since + self.timeout_s if w.inflight else w.started + START_TIMEOUT_S
+                         for w in waiting]  # fmt: skip
+            wait([w.conn for w in waiting] + [w.process.sentinel for w in waiting],
+                 timeout=max(0.0, min(deadlines, default=0.0) - time.monotonic()))  # fmt: skip
+            for i, w in enumerate(self.workers):
+                self.workers[i] = self._check(w, tasks, results, pending)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Kill every worker; the sandbox cannot run afterwards."""
+        for w in self.workers:
+            _kill(w)
+        self.workers = []
+
+    def __del__(self):
+        self.close()
+
+    def _start(self) -> _Worker:
+        parent, child = self.ctx.Pipe()
+        process = self.ctx.Process(target=worker_main, args=(child, *self.args), daemon=True)
+        process.start()
+        child.close()  # the parent keeps only its end, so a dead worker reads as EOF
+        return _Worker(process, parent, started=time.monotonic())
+
+    def _send(self, w: _Worker, ids: list[int], tasks: list[Task], pending: deque[int]) -> None:
+        try:
+            w.conn.send([tasks[i] for i in ids])
+        except OSError:  # died while idle: nobody to blame, its tasks go back to the queue
+            pending.extendleft(reversed(ids))
+            return
+        w.inflight.extend(ids)
+        w.since = time.monotonic()
+
+    def _drain(self, w: _Worker, results: list) -> bool:
+        """Read every message `w` has sent; False once its pipe is closed."""
+        try:
+            while w.conn.poll():
+                message = w.conn.recv()
+                if message[0] == "ready":
+                    w.ready, w.since = True, time.monotonic()
+                elif message[0] == "load_error":
+                    raise RuntimeError(f"a reward worker could not load the functions: "
+                                       f"{message[1]}")  # fmt: skip
+                else:
+                    task_id, outcomes = message
+                    results[task_id] = outcomes
+                    w.inflight.popleft()
+                    w.since = time.monotonic()
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _check(self, w: _Worker, tasks, results, pending: deque[int]) -> _Worker:
+        """`w`, or its replacement if it died or overran its running task."""
+        alive = self._drain(w, results) and w.process.is_alive()
+        overdue = bool(w.inflight) and time.monotonic() > w.since + self.timeout_s
+        if alive and not overdue:
+            if not w.ready and time.monotonic() > w.started + START_TIMEOUT_S:
+                raise RuntimeError(f"a reward worker did not load the reward functions within "
+                                   f"{START_TIMEOUT_S:.0f} s")  # fmt: skip
+            return w
+        _kill(w)
+        if not w.ready:
+            raise RuntimeError(f"a reward worker died while loading the reward functions "
+                               f"({_describe_exit(w.process.exitcode)})")  # fmt: skip
+        if w.inflight:
+            task_id = w.inflight.popleft()
+            n = len(tasks[task_id][2])
+            seconds = 0.0
+            if alive:  # overdue
+                kind, seconds = "timeout", self.timeout_s / n
+                error = (f"TimeoutError: no result within reward.timeout_s={self.timeout_s:g} s; "
+                         "the worker was killed")  # fmt: skip
+            else:
+                kind, error = _crash(w.process.exitcode)
+            results[task_id] = [Outcome.failure(kind, error, seconds=seconds)] * n
+            pending.extendleft(reversed(w.inflight))
+        self.replaced += 1
+        return self._start()
+
+
+def _kill(w: _Worker) -> None:
+    """SIGKILL the worker's process group (its children too), reap it, close the pipe."""
+    try:
+        os.killpg(w.process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
+    try:
+        w.process.kill()
+    except (OSError, ValueError, AttributeError):
+        pass
+    w.process.join(timeout=5)
+    w.conn.close()
+
+
+def _crash(exitcode: int | None) -> tuple[str, str]:
+    """(kind, error) for a worker that died with `exitcode` during a call."""
+    if exitcode == -signal.SIGXCPU:
+        return "timeout", "TimeoutError: the call used more CPU time than reward.cpu_limit_s"
+    return "crash", f"WorkerCrashed: the worker process {_describe_exit(exitcode)} during the call"
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "closed its pipe"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (out of memory?)" if exitcode == -signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {exitcode} (os._exit or sys.exit in the reward code?)"
