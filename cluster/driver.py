@@ -68,7 +68,8 @@ def train(cfg: Config) -> Path:
     placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
     rollout = RolloutPool(cfg, model_path, run_id, placement)
     rewards = RewardPool(cfg.reward, base_dir=Path.cwd(), num_cpus=cfg.cluster.reward_cpus,
-                         run_id=run_id, resources=cfg.cluster.reward_resources)  # fmt: skip
+                         run_id=run_id, resources=cfg.cluster.reward_resources,
+                         run_dir=run_dir)  # fmt: skip
     learner = LearnerGroup(cfg, model_path, run_id, placement)
     (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))
     transport = make_transport(cfg, learner, rollout)
