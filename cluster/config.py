@@ -129,7 +129,8 @@ class RolloutConfig:
 @dataclass
 class RewardFunctionConfig:
     name: str = ""
-    """A built-in reward function (`math_answer`, `format`); exclusive with `fn`."""
+    """A built-in reward function (`math_answer`, `exact_match`, `regex_match`, `format`,
+    `length`, `overlong`, `code_tests`, `remote_rm`; see docs/rewards.md); exclusive with `fn`."""
     fn: str = ""
     """A user function as `path/to/file.py:function_name`; exclusive with `name`."""
     weight: float = 1.0

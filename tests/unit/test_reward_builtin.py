@@ -2,7 +2,17 @@
 
 import pytest
 
-from reward.builtin import BUILTIN, format_match, last_boxed, last_number, math_answer
+from reward.builtin import (
+    BUILTIN,
+    exact_match,
+    format_match,
+    last_boxed,
+    last_number,
+    length,
+    math_answer,
+    overlong,
+    regex_match,
+)
 
 
 def score(completion: str, answer: str) -> float:
@@ -60,4 +70,75 @@ def test_format_match():
 
 
 def test_registry_names():
-    assert BUILTIN == {"math_answer": math_answer, "format": format_match}
+    assert BUILTIN["math_answer"] is math_answer and BUILTIN["format"] is format_match
+
+
+# --- math-verify edge cases, the other extractions, and the other built-ins -------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("\\boxed{0.5}", "1/2", 1.0),  # equivalent forms: decimal vs fraction
+        ("\\boxed{1/2}", "0.5", 1.0),
+        ("\\boxed{\\frac{2}{4}}", "0.5", 1.0),
+        ("\\boxed{0.50}", "\\frac12", 1.0),
+        ("\\boxed{0.51}", "1/2", 0.0),
+        ("the answer is 1/2", "0.5", 0.0),  # unboxed, a fraction's last number is 2
+        ("no answer at all", "1/2", 0.0),
+        ("\\boxed{3} or maybe \\boxed{1/2}", "0.5", 1.0),  # several boxes: the last counts
+        ("\\boxed{1/2} or maybe \\boxed{3}", "0.5", 0.0),
+        ("<think>it is 9</think><answer>\\frac{1}{2}</answer>", "0.5", 1.0),  # tag beats number
+        ("<answer>7</answer> and then \\boxed{8}", "7", 1.0),  # a tag beats a box outside it
+        ("<answer>so \\boxed{4} it is 5</answer>", "4", 1.0),  # a box inside the tag
+        ("<answer></answer> 7", "7", 0.0),  # an empty tag is no answer
+    ],
+)
+def test_math_answer_edge_cases(completion, answer, expected):
+    assert score(completion, answer) == expected
+
+
+def test_math_answer_extract_modes():
+    text = "<answer>5</answer> \\boxed{6} then 7"
+    got = {how: math_answer(text, prompt="", answer=a, row={}, extract=how)
+           for how, a in [("answer_tag", "5"), ("boxed", "6"), ("last_number", "7")]}  # fmt: skip
+    assert got == {"answer_tag": 1.0, "boxed": 1.0, "last_number": 1.0}
+    assert math_answer("\\boxed{6}", prompt="", answer="6", row={}, extract="answer_tag") == 0.0
+    with pytest.raises(ValueError, match="extract='tag' is not one of"):
+        math_answer("1", prompt="", answer="1", row={}, extract="tag")
+
+
+def test_exact_and_regex_match():
+    assert exact_match("  Paris \n", prompt="", answer="Paris", row={}) == 1.0
+    assert exact_match("New   York", prompt="", answer="New York", row={}) == 1.0
+    assert exact_match("paris", prompt="", answer="Paris", row={}) == 0.0
+    assert exact_match("paris", prompt="", answer="Paris", row={}, ignore_case=True) == 1.0
+    tagged = "<answer>Paris</answer>"
+    assert exact_match(tagged, prompt="", answer="Paris", row={}, extract="answer_tag") == 1.0
+    assert exact_match("", prompt="", answer="", row={}) == 0.0  # no reference
+    pattern = r"answer is {answer}\."
+    assert regex_match("so the answer is 3.5.", prompt="", answer="3.5", row={},
+                       pattern=pattern) == 1.0  # fmt: skip
+    # `{answer}` is escaped: the `.` in 3.5 does not match any character.
+    assert regex_match("the answer is 3x5.", prompt="", answer="3.5", row={}, pattern=pattern) == 0
+    assert regex_match("abc", prompt="", answer="", row={}, pattern="b", fullmatch=True) == 0.0
+    with pytest.raises(ValueError, match="regex_match needs kwargs"):
+        regex_match("abc", prompt="", answer="", row={})
+
+
+def test_length_and_overlong():
+    assert length("abcd", prompt="", answer="", row={}, num_tokens=10, scale=-0.1) == -1.0
+    assert length("abcd", prompt="", answer="", row={}, unit="chars") == 4.0
+
+    def penalty(n):
+        return overlong("", prompt="", answer="", row={}, num_tokens=n, max_length=100, buffer=20)
+
+    # 0 up to 100 - 20 = 80 tokens, then (80 - L) / 20: 90 -> -0.5, 100 -> -1, beyond -1
+    assert [penalty(n) for n in (10, 80, 90, 100, 500)] == [0.0, 0.0, -0.5, -1.0, -1.0]
+    with pytest.raises(ValueError, match="0 < buffer <= max_length"):
+        overlong("", prompt="", answer="", row={}, num_tokens=5)
+
+
+def test_all_builtins_registered():
+    assert sorted(BUILTIN) == ["code_tests", "exact_match", "format", "length", "math_answer",
+                               "overlong", "regex_match", "remote_rm"]  # fmt: skip
