@@ -1,6 +1,7 @@
 """Bringing up Ray: start a local instance, or join a running cluster.
 
-Guarantees: local mode starts Ray with at least the logical CPUs the config's actors reserve
+Guarantees: local mode starts a new Ray instance (even when a `ray start` cluster runs on the
+machine) with at least the logical CPUs the config's actors reserve
 (phases alternate in sync mode, so logical CPUs may exceed physical cores), the dashboard on
 127.0.0.1 only, token authentication when `secure_local_defaults` ran before ray was imported
 (the CLI does; RAY_AUTH_MODE set by the user wins), and the repository on every worker's
@@ -50,6 +51,7 @@ def connect_ray(cfg: Config) -> None:
     # The dashboard listens on loopback only; with `secure_local_defaults` every endpoint also
     # wants the token Ray writes to ~/.ray/auth_token.
     ray.init(
+        address="local",  # a new instance, even when a `ray start` cluster runs on this machine
         num_cpus=num_cpus,
         include_dashboard=cfg.cluster.dashboard,
         dashboard_host="127.0.0.1",
