@@ -62,8 +62,9 @@ class Sandbox:
         self.args = (function_configs, str(base_dir), limits or Limits())
         self.timeout_s = timeout_s
         self.ctx = mp.get_context("forkserver")
-        # Workers fork from a server that has imported math-verify and sympy once.
-        self.ctx.set_forkserver_preload(["reward.worker", "reward.builtin"])
+        # Workers fork from a server that has imported math-verify and sympy once, and the
+        # main module (in a Ray actor, Ray's worker script): else each new worker imports it.
+        self.ctx.set_forkserver_preload(["__main__", "reward.worker", "reward.builtin"])
         self.replaced = 0
         """Workers killed or found dead and replaced, over the sandbox's life."""
         self.workers: list[_Worker] = []

@@ -182,3 +182,19 @@ def test_nan_components_of_failures_stay_out_of_means(tmp_path):
         actor.close()
     assert math.isnan(scores[0][0].components["hostile"])
     assert reward_metrics(scores, ["hostile"])["reward/hostile/mean"] == 2.0
+
+
+def test_example_user_functions(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    cfgs = [{"fn": "configs/rewards/examples.py:concise_and_tagged", "kwargs": {"limit": 3}},
+            {"fn": "configs/rewards/examples.py:group_diversity", "batched": True}]  # fmt: skip
+    actor = RewardActor(cfgs, "exclude", 0.0, str(repo), {"workers": 1})
+    try:
+        [[a, b, c]] = actor.score([group(["<answer>1</answer>", "<answer>1</answer>", "xy"])])
+    finally:
+        actor.close()
+    # a: tagged 1 + concise (18 tokens <= 3) 0 = 1; diversity 2 unique of 3
+    name = "concise_and_tagged"
+    assert a.components == {name: 1.0, f"{name}/tagged": 1.0, f"{name}/concise": 0.0,
+                            "group_diversity": 2 / 3}  # fmt: skip
+    assert b.reward == a.reward == 1 + 2 / 3 and c.reward == 1.0 + 2 / 3  # c: untagged, concise
