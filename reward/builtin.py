@@ -193,8 +193,9 @@ def overlong(
     if not 0 < buffer <= max_length:
         raise ValueError(f"overlong needs kwargs 0 < buffer <= max_length, got buffer={buffer}, "
                          f"max_length={max_length}")  # fmt: skip
-    n = _length(completion, num_tokens, unit)
-    return max(-1.0, min(0.0, (max_length - buffer - n) / buffer))
+    from learner.shaping import overlong_penalty  # the one implementation (also algorithm.*)
+
+    return overlong_penalty(_length(completion, num_tokens, unit), max_length, buffer, 1.0)
 
 
 def _length(completion: str, num_tokens: int, unit: str) -> int:

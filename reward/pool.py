@@ -17,7 +17,7 @@ import ray
 
 from cluster.config import RewardConfig
 from cluster.health import RunStopped
-from cluster.sharding import split_contiguous
+from cluster.sharding import replace_dead, split_contiguous
 from reward.actor import RewardActor
 from reward.failures import FAILURES_LOG, append_failures, failure_rate_error, failure_records
 from reward.scoring import Score
@@ -63,16 +63,7 @@ class RewardPool:
 
     def restart_dead(self) -> int:
         """Replace every actor that no longer answers; returns how many were restarted."""
-        restarted = 0
-        for i, actor in enumerate(self.actors):
-            try:
-                ray.get(actor.function_names.remote(), timeout=60)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                ray.kill(actor)
-                self.actors[i] = self._start(i)
-                ray.get(self.actors[i].function_names.remote())
-                restarted += 1
-        return restarted
+        return replace_dead(self.actors, self._start, lambda a: a.function_names.remote())
 
     def score(self, groups: list[Group]) -> list[list[Score]]:
         """Scores of `groups[i].samples[j]` at `[i][j]`, the groups scored by the actors in

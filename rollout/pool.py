@@ -10,7 +10,7 @@ from __future__ import annotations
 import ray
 
 from cluster.config import Config
-from cluster.sharding import split_contiguous
+from cluster.sharding import replace_dead, split_contiguous
 from rollout.actor import RolloutActor, engine_env
 from rollout.records import Group, Prompt
 
@@ -43,16 +43,7 @@ class RolloutPool:
     def restart_dead(self) -> int:
         """Replace every engine that no longer answers with a fresh one (initial weights: the
         caller pushes the current ones); returns how many were restarted."""
-        restarted = 0
-        for i, actor in enumerate(self.actors):
-            try:
-                ray.get(actor.__ray_ready__.remote(), timeout=60)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                ray.kill(actor)
-                self.actors[i] = self._start(i)
-                ray.get(self.actors[i].__ray_ready__.remote())
-                restarted += 1
-        return restarted
+        return replace_dead(self.actors, self._start, lambda a: a.__ray_ready__.remote())
 
     def generate(
         self, prompts: list[Prompt], n: int, temperature: float | None = None,
