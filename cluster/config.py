@@ -340,6 +340,9 @@ class ClusterConfig:
     colocate: bool = False
     """GPU only: rollout engines and learner ranks share GPUs; engines sleep (vLLM sleep mode)
     while the learner trains and wake for generation."""
+    offload_learner: bool = False
+    """Colocated mode: move the learner's ZeRO states to CPU memory while the engines generate
+    (DeepSpeed `offload_states`; needs learner.zero_stage >= 1)."""
     verify_weights: bool = False
     """After every push, check that all engines hold identical weights (a checksum per engine;
     costs one pass over the weights; for tests and debugging)."""
@@ -545,6 +548,9 @@ def validate(cfg: Config) -> None:
     _require(not c.colocate or (c.rollout_tp == 1 and c.rollout_engines == lr.world_size),
              "cluster.colocate", c.colocate, "needs cluster.rollout_tp 1 and as many rollout "
              "engines as learner ranks (engine i shares rank i's GPU)")  # fmt: skip
+    _require(not c.offload_learner or (c.colocate and lr.zero_stage >= 1),
+             "cluster.offload_learner", c.offload_learner,
+             "needs cluster.colocate: true and learner.zero_stage >= 1")  # fmt: skip
     _require(c.weight_transport != "ipc" or c.colocate, "cluster.weight_transport", "ipc",
              "CUDA IPC needs engines on the learner's GPUs: set cluster.colocate")  # fmt: skip
     _require(cfg.reward.num_actors >= 1, "reward.num_actors", cfg.reward.num_actors, ">= 1")

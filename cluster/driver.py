@@ -87,10 +87,14 @@ def train(cfg: Config) -> Path:
         timer = PhaseTimer()
         health.step = step
         health.before_generate()
+        if cfg.cluster.offload_learner:
+            learner.offload_states()  # the engines get the GPU memory while they generate
         with faults_during("generate", t.fault_injection, step):
             batch = sample_batch(cfg, stream, health.rollout, health.rewards, timer, step)
         if cfg.cluster.colocate:
             rollout.sleep()  # engines give the GPUs to the learner
+            if cfg.cluster.offload_learner:
+                learner.reload_states()
         with timer("train"), faults_during("train", t.fault_injection, step):
             train_metrics = health.train(batch.groups, batch.shaped.rewards, batch.shaped.valid)
         if cfg.cluster.colocate:

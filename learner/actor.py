@@ -380,6 +380,13 @@ class LearnerActor:
             info, client=RayVLLMWeightSyncClient(engines), source=_zero_source_class()(self)
         )
 
+    def offload_states(self) -> None:
+        """Colocated mode: ZeRO states to CPU memory while the engines generate."""
+        self.engine.offload_states()
+
+    def reload_states(self) -> None:
+        self.engine.reload_states()
+
     def send_weights(self) -> None:
         """Push the current weights through vLLM's weight transfer (all ranks call it)."""
         self.weight_sender.send_weights()

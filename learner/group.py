@@ -50,6 +50,12 @@ class LearnerGroup:
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         return ray.get(self.ranks[0].sequence_logprobs.remote(prompt_ids, completion_ids))
 
+    def offload_states(self) -> None:
+        self._all("offload_states")
+
+    def reload_states(self) -> None:
+        self._all("reload_states")
+
     def save_checkpoint(self, path: str) -> None:
         self._all("save_checkpoint", path)
 

@@ -47,3 +47,20 @@ def test_colocated_engines_share_the_learner_bundles():
     c = cfg("cluster.use_gpu=true", "cluster.colocate=true")
     assert [role for role, _ in demands(c)] == ["learner ranks", "reward actors"]
     check_resources(c, nodes=[{"CPU": 4.0, "GPU": 1.0}])
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["cluster.weight_transport=nccl"], "cluster.weight_transport"),  # needs GPUs
+        (["cluster.colocate=true"], "cluster.colocate"),  # needs GPUs
+        (["cluster.rollout_tp=2"], "cluster.rollout_tp"),  # needs GPUs
+        (["cluster.use_gpu=true", "cluster.offload_learner=true"], "cluster.offload_learner"),
+        (["cluster.use_gpu=true", "cluster.weight_transport=ipc"], "cluster.weight_transport"),
+    ],
+)
+def test_gpu_only_settings_are_refused_with_the_key(overrides, key):
+    from cluster.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        cfg(*overrides)
