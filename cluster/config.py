@@ -24,6 +24,15 @@ from typing import Any, Literal
 import yaml
 
 
+def parse_cores(spec: str) -> list[int]:
+    """`"0,2-3"` -> [0, 2, 3]; empty -> []. Raises ValueError on anything else."""
+    cores: list[int] = []
+    for part in filter(None, spec.replace(" ", "").split(",")):
+        lo, _, hi = part.partition("-")
+        cores += range(int(lo), int(hi or lo) + 1)
+    return cores
+
+
 class ConfigError(ValueError):
     """A config value is wrong; the message names the dotted key, the value and what to do."""
 
@@ -201,8 +210,18 @@ class LearnerConfig:
     """Clip the global gradient norm to this value (0 = no clipping)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass on one rank; gradients accumulate across them."""
+    micro_batch_tokens: int = 0
+    """When > 0, micro-batches are cut by token budget instead: each rank's mini-batch is sorted
+    by length and split so that a micro-batch's padded tokens (rows x longest row) stay within
+    this budget where possible (less padding, fewer passes); every rank uses the same number of
+    micro-batches. 0 = fixed `micro_batch_size` rows in sample order."""
     num_threads: int = 0
-    """torch CPU threads per learner rank (0 = the machine's cores / world size)."""
+    """torch CPU threads per learner rank (0 = the machine's cores / world size, or the number of
+    `cpu_cores` when set)."""
+    cpu_cores: str = ""
+    """CPU only: cores the learner ranks are pinned to, e.g. `1` or `4-7` (empty = not pinned).
+    With `rollout.omp_threads_bind` on other cores this disaggregates the engine and the learner
+    the way separate GPUs do on a cluster."""
 
 
 @dataclass
@@ -300,8 +319,12 @@ class TrainerConfig:
     """Testing hook: comma-separated faults, e.g. `kill@train:3` (SIGKILL the driver during step
     3's train phase), `nan_loss@2`, `disk_full@checkpoint:2`, `kill_rollout@3`,
     `kill_reward@3`, `kill_learner@3` (see cluster/faults.py). Empty in real runs."""
-    mode: Literal["sync"] = "sync"
-    """`sync`: generate, score, train, push, in turn (overlapped modes arrive with issue 8)."""
+    mode: Literal["sync", "one_step_off"] = "sync"
+    """`sync`: generate, score, train, push, in turn (on-policy). `one_step_off`: the engines
+    generate step t+1's batch while the learner trains on step t, so each batch is sampled by
+    the policy one update older than the one it trains (staleness 1, reported per step as
+    `rollout/staleness_mean`); needs `algorithm.sampler_correction` to correct for it.
+    Reproducible with a fixed seed like sync mode."""
     samples_every: int = 5
     """Write sample completions with their rewards to `samples.jsonl` every N steps (0 = never)."""
 
@@ -553,6 +576,21 @@ def validate(cfg: Config) -> None:
              "needs cluster.colocate: true and learner.zero_stage >= 1")  # fmt: skip
     _require(c.weight_transport != "ipc" or c.colocate, "cluster.weight_transport", "ipc",
              "CUDA IPC needs engines on the learner's GPUs: set cluster.colocate")  # fmt: skip
+    _require(t.mode == "sync" or a.sampler_correction != "none", "trainer.mode", t.mode,
+             "trains on batches sampled by the previous policy: set "
+             "algorithm.sampler_correction to token_truncate (or sequence_mask) so the "
+             "importance weights correct for it")  # fmt: skip
+    _require(t.mode == "sync" or not c.colocate, "trainer.mode", t.mode,
+             "cannot overlap generation and training when they share GPUs "
+             "(cluster.colocate)")  # fmt: skip
+    _require(lr.micro_batch_tokens >= 0, "learner.micro_batch_tokens", lr.micro_batch_tokens,
+             "must be >= 0 (0 = fixed micro_batch_size)")  # fmt: skip
+    try:
+        parse_cores(lr.cpu_cores)
+    except ValueError:
+        _require(False, "learner.cpu_cores", lr.cpu_cores, "use core numbers like 1, 4-7 or 0,2")
+    _require(not lr.cpu_cores or not c.use_gpu, "learner.cpu_cores", lr.cpu_cores,
+             "is for CPU runs; on GPU each rank owns its GPU")  # fmt: skip
     _require(cfg.reward.num_actors >= 1, "reward.num_actors", cfg.reward.num_actors, ">= 1")
     rw = cfg.reward
     _require(rw.timeout_s > 0, "reward.timeout_s", rw.timeout_s, "must be > 0 seconds")
@@ -569,7 +607,7 @@ def validate(cfg: Config) -> None:
     # Every rank trains on the same number of whole micro-batches in every mini-batch, so that
     # averaging micro-batch losses and ranks' gradients equals the batch mean exactly.
     per_update = r.prompts_per_step * r.group_size // a.updates_per_batch
-    split = lr.world_size * lr.micro_batch_size
+    split = lr.world_size * (1 if lr.micro_batch_tokens else lr.micro_batch_size)
     _require(
         (r.prompts_per_step * r.group_size) % a.updates_per_batch == 0 and per_update % split == 0,
         "learner.micro_batch_size",

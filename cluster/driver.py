@@ -4,7 +4,8 @@ Reads like a single-process script: prompts -> generate -> reward (-> more round
 sampling) -> train -> push weights -> log -> maybe evaluate. Every phase is timed. The driver
 talks to actors only through the pools' coarse methods; `cluster/health.py` restarts dead
 actors and guards against non-finite steps, `cluster/checkpoint.py` writes and finds
-checkpoints. Not covered yet: overlapped modes (speed issue).
+checkpoints, `cluster/overlap.py` generates the next batch while the learner trains
+(`trainer.mode: one_step_off`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from cluster.data import PromptStream, load_datasets, steps_for_epochs
 from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, accuracy, rollout_metrics
 from cluster.models import resolve_model
+from cluster.overlap import BatchSource
 from cluster.placement import report, reserve
 from cluster.ray_setup import connect_ray
-from cluster.rollout_batch import sample_batch
 from learner.group import LearnerGroup
 from learner.weight_push import make_transport
 from reward.pool import RewardPool
@@ -76,9 +77,11 @@ def train(cfg: Config) -> Path:
     health = Health(cfg, rollout, rewards, learner, transport)
     names = [reward_function_name(f) for f in cfg.reward.functions]
 
+    batches = BatchSource(cfg, stream, health.rollout, health.rewards, last_step=t.steps)
     start = 0
     if resume_from:
         start = resume(resume_from, run_dir, learner, stream)
+        batches.restore(resume_from)
         transport.push(learner, rollout, version=start)  # engines sample the checkpoint's policy
     log = MetricsLog.for_run(run_dir, cfg)  # metrics.jsonl, console, TensorBoard/W&B/MLflow
     if t.eval_every and start == 0:
@@ -90,7 +93,7 @@ def train(cfg: Config) -> Path:
         if cfg.cluster.offload_learner:
             learner.offload_states()  # the engines get the GPU memory while they generate
         with faults_during("generate", t.fault_injection, step):
-            batch = sample_batch(cfg, stream, health.rollout, health.rewards, timer, step)
+            batch, gen_times = batches.get(step, timer)  # one_step_off: step+1 starts here
         if cfg.cluster.colocate:
             rollout.sleep()  # engines give the GPUs to the learner
             if cfg.cluster.offload_learner:
@@ -99,12 +102,14 @@ def train(cfg: Config) -> Path:
             train_metrics = health.train(batch.groups, batch.shaped.rewards, batch.shaped.valid)
         if cfg.cluster.colocate:
             rollout.wake_up()
+        batches.wait_idle(timer)  # the engines finish the batch generated ahead first
         with timer("push"):
             transport.push(learner, rollout, version=step)
         groups, scores = batch.generated_groups, batch.generated_scores
         row = {"step": step, **reward_metrics(scores, names)} | batch.metrics
         row |= rollout_metrics(groups, scores, cfg.reward.accuracy_function)
-        row |= train_metrics | health.metrics() | timer.metrics()
+        row |= staleness(batch.groups, learner_version=step - 1)
+        row |= train_metrics | health.metrics() | timer.metrics() | gen_times
         if cfg.cluster.verify_weights:
             row |= weight_check(rollout)
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
@@ -113,13 +118,13 @@ def train(cfg: Config) -> Path:
         if t.samples_every and (step % t.samples_every == 0 or step == 1):
             write_samples(run_dir / "samples.jsonl", step, groups, scores)
         if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
-            save_checkpoint(cfg, run_dir, step, learner, stream)
+            save_checkpoint(cfg, run_dir, step, learner, stream, batches)
         health.stop_if_nonfinite()
     log.close()
     if t.save_final:
         learner.save_pretrained(str(run_dir / "policy"))
         tokenizer.save_pretrained(str(run_dir / "policy"))
-    for pool in (rollout, rewards, learner, placement):
+    for pool in (batches, rollout, rewards, learner, placement):
         pool.shutdown()
     print(f"done: metrics in {run_dir / 'metrics.jsonl'}", flush=True)
     return run_dir
@@ -131,13 +136,20 @@ def weight_check(rollout: RolloutPool) -> dict:
     return {"push/engines_identical": float(len(set(sums)) == 1), "push/checksum": sums[0][:16]}
 
 
-def save_checkpoint(cfg: Config, run_dir: Path, step: int, learner, stream) -> None:
+def staleness(groups, learner_version: int) -> dict[str, float]:
+    """How many updates behind the learner the sampling policy was, over the batch's samples."""
+    lags = [learner_version - s.policy_version for g in groups for s in g.samples]
+    return {"rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags)}
+
+
+def save_checkpoint(cfg: Config, run_dir: Path, step: int, learner, stream, batches) -> None:
     """Write step `step`'s checkpoint; a failed write (e.g. a full disk) is reported and leaves
     the previous checkpoint as `latest`."""
     t0 = time.perf_counter()
     tmp = checkpoint.begin(run_dir, step)
     try:
         learner.save_checkpoint(str(tmp / "learner"))
+        batches.save(tmp)  # one_step_off: the next step's batch, already generated
         faults.at(cfg.trainer.fault_injection, "checkpoint", step)
         state = {"step": step, "stream": stream.state(), "seed": cfg.trainer.seed}
         path = checkpoint.commit(run_dir, tmp, step, state, cfg.trainer.keep_checkpoints)

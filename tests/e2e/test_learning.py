@@ -68,3 +68,16 @@ def test_reward_rises(tiny_model, tmp_path):
         assert key in train_rows[0], key
     assert "eval/reward" in rows[0] and "eval/reward" in rows[5] and "eval/reward" in rows[10]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "samples.jsonl").is_file()
+
+
+def test_reward_rises_one_step_off(tiny_model, tmp_path):
+    """Generation of step t+1 overlaps training on step t: every batch after the first was
+    sampled by the policy one update behind the learner, and the reward still rises."""
+    rows, _ = learn(tiny_model, tmp_path, ["trainer.mode=one_step_off",
+                                           "algorithm.sampler_correction=token_truncate"])  # fmt: skip
+    train_rows = [r for r in rows if r["step"] >= 1]
+    assert [r["rollout/staleness_mean"] for r in train_rows] == [0.0] + [1.0] * 9
+    assert all(r["train/optimizer_steps"] == r["step"] for r in train_rows)
+    # The importance weights see the stale sampler: its log-probabilities drift from the
+    # learner's once the policy moves (0 on the on-policy first step up to bf16/fp noise).
+    assert max(r["train/mismatch_kl"] for r in train_rows[1:]) > train_rows[0]["train/mismatch_kl"]

@@ -58,6 +58,28 @@ def uninterrupted(tiny_model, tmp_path_factory):
     return result(out)
 
 
+ONE_STEP_OFF = ("trainer.mode=one_step_off", "algorithm.sampler_correction=token_truncate")
+
+
+def test_one_step_off_run_resumes_exactly(tiny_model, tmp_path):
+    """In one_step_off mode the checkpoint of step 2 holds step 3's batch, generated ahead by
+    the step-1 policy; the resumed run trains on that batch, not on a regenerated one."""
+    done = cohort(tiny_model, tmp_path / "whole", *ONE_STEP_OFF)
+    assert done.returncode == 0, done.stdout[-3000:]
+    killed = cohort(tiny_model, tmp_path / "killed", *ONE_STEP_OFF,
+                    "trainer.fault_injection=kill@train:3")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    (run,) = (tmp_path / "killed").iterdir()
+    assert (run / "checkpoints" / "step_000002" / "pending_batch.json").is_file()
+    resumed = cohort(tiny_model, tmp_path / "killed", *ONE_STEP_OFF, "trainer.resume=auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    rows, weights, _ = result(tmp_path / "killed")
+    want_rows, want_weights, _ = result(tmp_path / "whole")
+    assert [r["rollout/staleness_mean"] for r in rows[1:]] == [0.0] + [1.0] * (STEPS - 1)
+    assert rows == want_rows
+    assert all((weights[k] == want_weights[k]).all() for k in weights), "weights differ"
+
+
 @pytest.mark.parametrize(
     "fault, resumed_from",
     [

@@ -51,7 +51,9 @@ def test_overrides_are_typed_and_nested():
         ("model.rollout_dtype=fp8", "model.rollout_dtype='fp8' is not one of"),
         ("learner.micro_batch_size=7", "must divide evenly by world_size * micro_batch_size = 7"),
         ("reward.accuracy_function=nope", "reward.accuracy_function='nope'"),
-        ("trainer.mode=async", "trainer.mode='async' is not one of 'sync'"),
+        ("trainer.mode=async", "trainer.mode='async' is not one of 'sync', 'one_step_off'"),
+        ("trainer.mode=one_step_off", "set algorithm.sampler_correction to token_truncate"),
+        ("learner.cpu_cores=one", "learner.cpu_cores='one': use core numbers like 1, 4-7"),
         ("rollout", "override 'rollout' must look like key.sub=value"),
     ],
 )  # fmt: skip

@@ -1,0 +1,247 @@
+"""Step-time benchmark on the reference workload, against the raw engines.
+
+Workload: the demo model (SmolLM2-135M-Instruct, bf16 engine, float32 learner), P=8 prompts x
+G=8 samples per step, up to 64 new tokens, micro-batches of 16, no KL, one update per batch.
+
+    python benchmarks/step.py --mode sync|one_step_off --placement split|shared [--steps 5]
+
+`split` pins the vLLM engine to core 0 and the learner to core 1 (disaggregated, as samplers
+and learners own separate GPUs on a cluster); `shared` lets both phases use every core.
+
+It runs `cohort train` for `--steps` steps (the first is a warm-up and is not counted), then,
+in fresh processes pinned the same way, the same vLLM engine called directly on the same
+prompts and a bare DeepSpeed forward/backward/step on the batches that engine generated. It
+prints seconds per phase, the ratios, and as its last line one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+WORKLOAD = [
+    "rollout.prompts_per_step=8", "rollout.group_size=8", "rollout.max_new_tokens=64",
+    "rollout.temperature=1.0", "model.learner_dtype=float32", "learner.micro_batch_size=16",
+    "algorithm.kl_coef=0", "algorithm.updates_per_batch=1",
+    "algorithm.sampler_correction=token_truncate", "trainer.eval_every=0",
+    "trainer.save_final=false", "trainer.checkpoint_every=0", "trainer.samples_every=0",
+    "logging.progress=lines",
+]  # fmt: skip
+PLACEMENTS = {
+    "split": ["rollout.omp_threads_bind=0", "learner.cpu_cores=1"],
+    "shared": [],
+}
+
+
+def cohort_overrides(mode: str, placement: str, steps: int) -> list[str]:
+    return [*WORKLOAD, *PLACEMENTS[placement], f"trainer.mode={mode}", f"trainer.steps={steps}"]
+
+
+def run_cohort(overrides: list[str]) -> list[dict]:
+    """`cohort train configs/demo.yaml ...`; returns the metrics rows of the training steps."""
+    with tempfile.TemporaryDirectory() as out:
+        args = [sys.executable, "-m", "cluster", "train", "configs/demo.yaml",
+                *overrides, f"trainer.output_dir={out}"]  # fmt: skip
+        proc = subprocess.run(args, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+        step_lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+        print("\n".join(step_lines), flush=True)
+        if proc.returncode != 0:
+            sys.exit(f"cohort train failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+        (run_dir,) = Path(out).iterdir()
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["step"] >= 1]
+
+
+def step_prompts(overrides: list[str], steps: int) -> list[list[list[int]]]:
+    """The token ids of each step's prompts, as the run draws them."""
+    from transformers import AutoTokenizer
+
+    from cluster.config import load_config
+    from cluster.data import PromptStream, load_datasets
+    from cluster.models import resolve_model
+
+    cfg = load_config("configs/demo.yaml", overrides)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.path))
+    with tempfile.TemporaryDirectory() as tmp:
+        train, _ = load_datasets(cfg.data, tokenizer, Path(tmp))
+    stream = PromptStream(train, cfg.trainer.seed, cfg.data.shuffle)
+    n = cfg.rollout.prompts_per_step
+    return [[p.token_ids for p in stream.next_batch(n)] for _ in range(steps)]
+
+
+def raw_vllm(overrides: list[str], prompts: list[list[list[int]]], out: Path) -> None:
+    """The rollout engine's vLLM `LLM`, same settings and core binding, called directly."""
+    from cluster.config import load_config
+    from cluster.models import resolve_model
+    from rollout.actor import engine_env
+
+    cfg = load_config("configs/demo.yaml", overrides)
+    os.environ.update(engine_env(cfg, 0))
+    from vllm import LLM, SamplingParams
+
+    r = cfg.rollout
+    llm = LLM(model=resolve_model(cfg.model.path), dtype=cfg.model.rollout_dtype,
+              seed=cfg.trainer.seed, max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
+              logprobs_mode="processed_logprobs", enforce_eager=True)  # fmt: skip
+    params = SamplingParams(n=r.group_size, temperature=r.temperature, top_p=r.top_p,
+                            max_tokens=r.max_new_tokens, logprobs=0)  # fmt: skip
+    seconds, batches = [], []
+    for step_ids in prompts:
+        t0 = time.perf_counter()
+        outputs = llm.generate([{"prompt_token_ids": ids} for ids in step_ids], params,
+                               use_tqdm=False)  # fmt: skip
+        seconds.append(time.perf_counter() - t0)
+        batches.append([(list(o.prompt_token_ids), list(c.token_ids))
+                        for o in outputs for c in o.outputs])  # fmt: skip
+    out.write_text(json.dumps({"seconds": seconds, "batches": batches}))
+
+
+def raw_deepspeed(overrides: list[str], batches: list, out: Path) -> None:
+    """A bare DeepSpeed ZeRO-0 engine with AdamW: per step, forward, token log-probabilities,
+    a policy-gradient-shaped loss, backward and step over the same micro-batches."""
+    import deepspeed
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cluster.config import load_config, parse_cores
+    from cluster.models import resolve_model
+    from learner.batch import FlatSample, collate
+
+    cfg = load_config("configs/demo.yaml", overrides)
+    cores = parse_cores(cfg.learner.cpu_cores)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores) or os.cpu_count() or 1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")  # fmt: skip
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model.path),
+                                                 dtype=torch.float32)  # fmt: skip
+    model.config.use_cache = False
+    mbs = cfg.learner.micro_batch_size
+    n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    ds_config = {"train_micro_batch_size_per_gpu": mbs, "gradient_accumulation_steps": n // mbs,
+                 "train_batch_size": n, "gradient_clipping": 1.0,
+                 "zero_optimization": {"stage": 0}, "zero_allow_untested_optimizer": True,
+                 "steps_per_print": 10**9}  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
+    pad = model.config.pad_token_id or 0
+    seconds = []
+    for batch in batches:
+        samples = [FlatSample(p, c, [0.0] * len(c), True) for p, c in batch]
+        advantages = torch.randn(len(samples))
+        t0 = time.perf_counter()
+        for lo in range(0, len(samples), mbs):
+            mb = collate(samples[lo : lo + mbs], pad)
+            logits = engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
+                            position_ids=mb.position_ids,
+                            logits_to_keep=mb.targets.shape[1] + 1).logits[:, :-1]  # fmt: skip
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, mb.targets[..., None])[..., 0]
+            per_token = -advantages[lo : lo + mbs, None] * logp * mb.mask
+            engine.backward(per_token.sum() / mb.mask.sum().clamp(min=1))
+            engine.step()
+        seconds.append(time.perf_counter() - t0)
+    out.write_text(json.dumps({"seconds": seconds}))
+
+
+def in_subprocess(fn: str, overrides: list[str], payload: dict) -> dict:
+    """Run `fn` of this file in a fresh process (vLLM binds threads process-wide)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args_path, out = Path(tmp) / "args.json", Path(tmp) / "out.json"
+        args_path.write_text(json.dumps({"overrides": overrides, **payload}))
+        env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
+        subprocess.run([sys.executable, __file__, "--internal", fn, str(args_path), str(out)],
+                       cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        return json.loads(out.read_text())
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["sync", "one_step_off"], default="sync")
+    parser.add_argument("--placement", choices=list(PLACEMENTS), default="split")
+    parser.add_argument("--steps", type=int, default=5, help="steps run; the first is warm-up")
+    parser.add_argument("--internal", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.internal:
+        fn, args_path, out = args.internal
+        payload = json.loads(Path(args_path).read_text())
+        overrides = payload.pop("overrides")
+        {"raw_vllm": raw_vllm, "raw_deepspeed": raw_deepspeed}[fn](
+            overrides, *payload.values(), Path(out)
+        )
+        return
+
+    overrides = cohort_overrides(args.mode, args.placement, args.steps)
+    print(f"cohort train configs/demo.yaml, mode {args.mode}, placement {args.placement}, "
+          f"{args.steps} steps (step 1 is warm-up)", flush=True)  # fmt: skip
+    rows = run_cohort(overrides)[1:]
+    prompts = step_prompts(overrides, args.steps)
+    print("raw vLLM on the same prompts ...", flush=True)
+    vllm = in_subprocess("raw_vllm", overrides, {"prompts": prompts})
+    print("raw DeepSpeed on the same batches ...", flush=True)
+    ds = in_subprocess("raw_deepspeed", overrides, {"batches": vllm["batches"]})
+    raw_gen, raw_train = mean(vllm["seconds"][1:]), mean(ds["seconds"][1:])
+
+    def phase(key: str) -> float:
+        return mean([r.get(key, 0.0) for r in rows])
+
+    step_s, train_s, push_s = phase("time/step"), phase("time/train"), phase("time/push")
+    waited = phase("time/generate_wait")
+    raw_tokens = mean([sum(len(c) for _, c in b) for b in vllm["batches"][1:]])
+    # The raw engines doing the same work: one after the other in sync mode, side by side
+    # (the slower one sets the pace) when generation overlaps training.
+    raw_step = raw_gen + raw_train if args.mode == "sync" else max(raw_gen, raw_train)
+    result = {
+        "step_s": step_s,
+        "generate_s": phase("time/generate"),
+        "reward_s": phase("time/reward"),
+        "train_s": train_s,
+        "push_s": push_s,
+        "generate_wait_s": waited,
+        "driver_s": step_s - waited - train_s - push_s,
+        "overhead_frac": (step_s - raw_step) / step_s,
+        "push_frac": push_s / step_s,
+        "tokens_per_s": phase("rollout/tokens") / step_s,
+        "generated_tokens": phase("rollout/tokens"),
+        "padding_frac": phase("train/padding_frac"),
+        "raw_vllm_generate_s": raw_gen,
+        "raw_vllm_tokens": raw_tokens,
+        "raw_deepspeed_train_s": raw_train,
+        "gen_vs_raw_vllm": phase("time/generate") / raw_gen,
+        "train_vs_raw_deepspeed": train_s / raw_train,
+        "steps_per_hour": 3600 / step_s,
+        "mode": args.mode,
+        "placement": args.placement,
+        "measured_steps": len(rows),
+    }
+    print()
+    print(f"{'phase':<28}{'seconds/step':>14}")
+    for key in ("generate_s", "reward_s", "train_s", "push_s", "generate_wait_s", "driver_s",
+                "step_s", "raw_vllm_generate_s", "raw_deepspeed_train_s"):  # fmt: skip
+        print(f"{key:<28}{result[key]:>14.2f}")
+    print(f"generated tokens/step {result['generated_tokens']:.0f} (raw vLLM {raw_tokens:.0f}), "
+          f"{result['tokens_per_s']:.1f} tokens/s over the whole step")  # fmt: skip
+    print(f"generate vs raw vLLM {result['gen_vs_raw_vllm']:.2f}x, train vs raw DeepSpeed "
+          f"{result['train_vs_raw_deepspeed']:.2f}x, orchestration overhead "
+          f"{100 * result['overhead_frac']:.1f}% of the step, push {100 * result['push_frac']:.1f}%"
+          f", {result['steps_per_hour']:.0f} steps/hour")  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`BatchSource`: which weights each step's batch is generated with, in sync and one_step_off
+mode, and the batch a checkpoint carries over. Fake engines record the order of events."""
+
+import json
+import math
+import threading
+import time
+
+from cluster.config import load_config
+from cluster.data import PromptStream
+from cluster.metrics import PhaseTimer
+from cluster.overlap import PENDING, BatchSource, batch_from_dict
+from reward.scoring import Score
+from rollout.records import Group, Prompt, Sample
+
+
+class FakeEngines:
+    """Generates with the current `version`; records ("generate", step seed, version)."""
+
+    def __init__(self, events: list):
+        self.events, self.version = events, 0
+        self.busy = threading.Lock()
+
+    def generate(self, prompts, n, seed):
+        with self.busy:
+            time.sleep(0.05)
+            self.events.append(("generate", seed, self.version))
+            sample = Sample([1, 2], "12", [-0.1, -0.2], "stop", self.version)
+            return [Group(p, [sample] * n) for p in prompts]
+
+    def push(self, version):
+        assert not self.busy.locked(), "weights changed while a batch was being generated"
+        self.version = version
+        self.events.append(("push", version))
+
+
+class FakeRewards:
+    def score(self, groups):
+        return [[Score(float(i % 2), {"f": float(i % 2)}) for i, _ in enumerate(g.samples)]
+                for g in groups]  # fmt: skip
+
+
+SMALL = ["rollout.prompts_per_step=2", "rollout.group_size=2", "learner.micro_batch_size=4",
+         "algorithm.sampler_correction=token_truncate"]  # fmt: skip
+
+
+def run(mode: str, steps: int = 4):
+    cfg = load_config("configs/smoke.yaml", [*SMALL, f"trainer.mode={mode}"])
+    prompts = [Prompt(f"train:{i}", str(i), [i]) for i in range(40)]
+    events: list = []
+    engines = FakeEngines(events)
+    source = BatchSource(cfg, PromptStream(prompts, 0), engines, FakeRewards(), last_step=steps)
+    trained = []
+    for step in range(1, steps + 1):
+        timer = PhaseTimer()
+        batch, times = source.get(step, timer)
+        assert "time/generate" in times and "time/reward" in times
+        trained.append((step, batch.groups[0].samples[0].policy_version, batch.groups[0].prompt.id))
+        source.wait_idle(timer)
+        engines.push(step)
+    source.shutdown()
+    return trained, events
+
+
+def test_sync_mode_samples_each_batch_with_the_latest_weights():
+    trained, _ = run("sync")
+    assert [(s, v) for s, v, _ in trained] == [(1, 0), (2, 1), (3, 2), (4, 3)]
+
+
+def test_one_step_off_samples_with_the_weights_one_update_behind():
+    trained, events = run("one_step_off")
+    # Step 1 is on-policy; step t >= 2 trains on a batch sampled by v(t-2) while at v(t-1).
+    assert [(s, v) for s, v, _ in trained] == [(1, 0), (2, 0), (3, 1), (4, 2)]
+    generated = [e for e in events if e[0] == "generate"]
+    assert len(generated) == 4  # nothing generated past the last step
+    # Same prompts per step as sync mode: the stream is read in step order.
+    assert [p for *_, p in trained] == [p for *_, p in run("sync")[0]]
+
+
+def test_pending_batch_round_trips_through_a_checkpoint(tmp_path):
+    cfg = load_config("configs/smoke.yaml", [*SMALL, "trainer.mode=one_step_off"])
+    prompts = [Prompt(f"train:{i}", str(i), [i], answer="a", fields={"k": [1]}) for i in range(8)]
+    source = BatchSource(cfg, PromptStream(prompts, 0), FakeEngines([]), FakeRewards(), 3)
+    source.get(1, PhaseTimer())
+    source.save(tmp_path)  # holds step 2's batch
+    saved = json.loads((tmp_path / PENDING).read_text())
+    assert saved["step"] == 2
+    restored = BatchSource(cfg, PromptStream(prompts, 0), FakeEngines([]), FakeRewards(), 3)
+    restored.restore(tmp_path)
+    batch, _ = restored.get(2, PhaseTimer())
+    expected, _ = source.get(2, PhaseTimer())
+    assert batch == expected
+    source.shutdown()
+    restored.shutdown()
+
+
+def test_batch_from_dict_keeps_nan_components():
+    import dataclasses
+
+    from cluster.rollout_batch import TrainingBatch
+    from learner.shaping import ShapedBatch
+
+    group = Group(Prompt("train:0", "1+1", [5], "2"), [Sample([3], "2", [-0.5], "length", 4)])
+    failed = Score(0.0, {"f": math.nan}, failed=True, excluded=True, errors={"f": "E"},
+                   kinds={"f": "exception"})  # fmt: skip
+    batch = TrainingBatch([group], ShapedBatch([[0.0]], [[False]], [[0.0]]), [group], [[failed]],
+                          {"rollout/generation_rounds": 1.0})  # fmt: skip
+    back = batch_from_dict(json.loads(json.dumps(dataclasses.asdict(batch))))
+    assert back.groups == batch.groups and back.shaped == batch.shaped
+    assert math.isnan(back.generated_scores[0][0].components["f"])
+    assert back.generated_scores[0][0].kinds == {"f": "exception"}
