@@ -319,12 +319,14 @@ class TrainerConfig:
     """Testing hook: comma-separated faults, e.g. `kill@train:3` (SIGKILL the driver during step
     3's train phase), `nan_loss@2`, `disk_full@checkpoint:2`, `kill_rollout@3`,
     `kill_reward@3`, `kill_learner@3` (see cluster/faults.py). Empty in real runs."""
-    mode: Literal["sync", "one_step_off"] = "sync"
+    mode: Literal["sync", "one_step_off", "async"] = "sync"
     """`sync`: generate, score, train, push, in turn (on-policy). `one_step_off`: the engines
     generate step t+1's batch while the learner trains on step t, so each batch is sampled by
     the policy one update older than the one it trains (staleness 1, reported per step as
     `rollout/staleness_mean`); needs `algorithm.sampler_correction` to correct for it.
-    Reproducible with a fixed seed like sync mode."""
+    Reproducible with a fixed seed like sync mode. `async` (generation further ahead) is
+    refused: with weights changed only between batches, more lookahead cannot shorten a step
+    below max(generate, train), which one_step_off already reaches; it only adds staleness."""
     samples_every: int = 5
     """Write sample completions with their rewards to `samples.jsonl` every N steps (0 = never)."""
 
@@ -576,6 +578,10 @@ def validate(cfg: Config) -> None:
              "needs cluster.colocate: true and learner.zero_stage >= 1")  # fmt: skip
     _require(c.weight_transport != "ipc" or c.colocate, "cluster.weight_transport", "ipc",
              "CUDA IPC needs engines on the learner's GPUs: set cluster.colocate")  # fmt: skip
+    _require(t.mode != "async", "trainer.mode", t.mode,
+             "is not offered: one_step_off already overlaps generation with training fully "
+             "(a step takes max(generate, train)); deeper lookahead would only add staleness. "
+             "Use trainer.mode=one_step_off")  # fmt: skip
     _require(t.mode == "sync" or a.sampler_correction != "none", "trainer.mode", t.mode,
              "trains on batches sampled by the previous policy: set "
              "algorithm.sampler_correction to token_truncate (or sequence_mask) so the "

@@ -12,7 +12,7 @@ trains on it (staleness 1; the importance correction of `algorithm.sampler_corre
 the sampler's log-probabilities). Guarantees: the batch for each step, its prompts and its
 sampling seed are the same as in a run that never stopped (a checkpoint stores the batch
 generated ahead, `pending_batch.json`), so a fixed seed reproduces a run in either mode.
-Not covered: more than one step of lookahead (`async`).
+Not covered: more than one step of lookahead (`async`; see `trainer.mode` for why).
 """
 
 from __future__ import annotations
