@@ -4,11 +4,14 @@ Guarantees: every rank computes the same advantages from the whole batch, then t
 own equal, contiguous share (`BatchPlan`); each micro-batch's loss is its exact share of its
 mini-batch's loss, computed with token and sequence counts over the whole mini-batch, and is
 scaled so that DeepSpeed's gradient accumulation and data-parallel averaging sum the shares:
-loss and gradient do not depend on the micro-batch size or the number of ranks. Old
+loss and gradient do not depend on the micro-batch size, the token budget
+(`learner.micro_batch_tokens`, whose varying micro-batch counts mark each optimizer step's
+boundary by hand) or the number of ranks. Old
 log-probabilities are computed once before the first update when a batch takes several
 optimizer steps or the KL is a reward penalty (otherwise they equal the current ones,
 detached). A reference model is loaded only when `algorithm.kl_coef > 0`. Not covered: ZeRO-3
-for the reference model (it is a full copy on every rank), sequence packing.
+for the reference model (it is a full copy on every rank), sequence packing (several sequences
+in one row; sorting by length under a token budget only reduces padding).
 """
 
 from __future__ import annotations
@@ -143,10 +146,10 @@ class LearnerActor:
         lc, r, a = self.cfg.learner, self.cfg.rollout, self.cfg.algorithm
         plan = BatchPlan(
             r.prompts_per_step * r.group_size, self.world_size, a.updates_per_batch,
-            lc.micro_batch_size,
+            lc.micro_batch_size, lc.micro_batch_tokens,
         )  # fmt: skip
         return {
-            "train_micro_batch_size_per_gpu": lc.micro_batch_size,
+            "train_micro_batch_size_per_gpu": plan.per_rank_update // plan.accumulation_steps,
             "gradient_accumulation_steps": plan.accumulation_steps,
             "train_batch_size": plan.per_update,
             "gradient_clipping": lc.grad_clip,
@@ -189,9 +192,11 @@ class LearnerActor:
         per-token statistics are token means)."""
         a, lc = self.cfg.algorithm, self.cfg.learner
         flat = flatten(groups, valid, a.mask_truncated)
-        plan = BatchPlan(len(flat), self.world_size, a.updates_per_batch, lc.micro_batch_size)
-        slices = plan.micro_slices(self.rank)
-        micro = [collate(flat[lo:hi], self.pad_id) for lo, hi in slices]
+        plan = BatchPlan(len(flat), self.world_size, a.updates_per_batch, lc.micro_batch_size,
+                         lc.micro_batch_tokens)  # fmt: skip
+        lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in flat]
+        micro_ids = plan.micro_batches(self.rank, lengths)
+        micro = [collate([flat[i] for i in ids], self.pad_id) for ids in micro_ids]
         model = self.engine.module
         kl_reward = self.ref_model is not None and a.kl_in == "reward"
         need_old = a.updates_per_batch > 1 or kl_reward
@@ -201,7 +206,7 @@ class LearnerActor:
         rewards_t = torch.tensor(rewards, dtype=torch.float32)  # [P, G]
         metrics: dict[str, float] = {}
         if kl_reward:
-            kl_sums = self._gather_kl_sums(micro, old, ref, plan)  # [P * G]
+            kl_sums = self._gather_kl_sums(micro, micro_ids, old, ref)  # [P * G]
             rewards_t = rewards_t - a.kl_coef * kl_sums.view_as(rewards_t)
             metrics["train/kl_penalty"] = float(a.kl_coef * kl_sums.mean())
         advantages = compute_advantages(
@@ -209,8 +214,9 @@ class LearnerActor:
         ).flatten()  # [P * G]
         tokens = [len(s.completion_ids) if s.valid else 0 for s in flat]
         norm_tokens = a.loss_norm_tokens or self.cfg.rollout.max_new_tokens
-        # DeepSpeed divides each micro-batch's gradient by the accumulation steps and averages
-        # ranks; scaling by both makes the sum of the exact shares the mini-batch's gradient.
+        # DeepSpeed divides each micro-batch's gradient by its configured accumulation steps
+        # and averages ranks; scaling by both makes the sum of the exact shares the mini-batch's
+        # gradient.
         scale = plan.accumulation_steps * self.world_size
 
         self.engine.train()
@@ -218,8 +224,11 @@ class LearnerActor:
         grad_norms: list[float] = []
         nonfinite, skipped = False, 0
         inject_nan = faults.due(self.cfg.trainer.fault_injection, "nan_loss", step)
-        for i, (mb, (lo, hi)) in enumerate(zip(micro, slices, strict=True)):
-            num_tokens, num_seqs = plan.minibatch_counts(tokens, lo)
+        updates = [plan.update_of(ids[0]) for ids in micro_ids] + [-1]  # mini-batch of each
+        for i, (mb, ids) in enumerate(zip(micro, micro_ids, strict=True)):
+            num_tokens, num_seqs = plan.minibatch_counts(tokens, ids[0])
+            if lc.micro_batch_tokens:  # the count varies per mini-batch: mark its last one
+                self.engine.set_gradient_accumulation_boundary(updates[i] != updates[i + 1])
             logits = self._logits(self.engine, mb)
             targets, mask = mb.targets.to(logits.device), mb.mask.to(logits.device)
             logp = grpo.token_logprobs(logits, targets, self._temperature)  # [B, C]
@@ -230,7 +239,7 @@ class LearnerActor:
             loss, stats = grpo.policy_loss(
                 logp, old_logp, mb.sampler_logprobs.to(logits.device),
                 ref[i] if ref and a.kl_in == "loss" else None,
-                entropy if a.entropy_coef > 0 else None, advantages[lo:hi].to(logits.device), mask,
+                entropy if a.entropy_coef > 0 else None, advantages[ids].to(logits.device), mask,
                 num_tokens=num_tokens, num_seqs=num_seqs, aggregation=a.loss_aggregation,
                 norm_tokens=norm_tokens, clip_low=a.clip_eps_low, clip_high=a.clip_eps_high,
                 dual_clip=a.dual_clip, ratio_level=a.ratio_level, kl_coef=a.kl_coef,
@@ -269,10 +278,14 @@ class LearnerActor:
             weight = float(mask.sum())
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             sums["_tokens"] = sums.get("_tokens", 0.0) + weight
+            sums["_real"] = sums.get("_real", 0.0) + mb.real_tokens
+            sums["_positions"] = sums.get("_positions", 0.0) + mb.positions
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight
         sums = self._sum_over_ranks(sums)
         tokens_seen = max(sums.pop("_tokens"), 1.0)
+        metrics["train/padding_frac"] = 1.0 - sums.pop("_real") / sums.pop("_positions")
+        metrics["train/micro_batches"] = float(len(micro))
         # Loss shares sum to each mini-batch's loss over micro-batches and ranks.
         metrics["train/loss"] = sums.pop("loss") / a.updates_per_batch
         metrics |= {f"train/{k}": v / tokens_seen for k, v in sums.items()}
@@ -284,13 +297,17 @@ class LearnerActor:
         metrics["train/loss_tokens"] = float(sum(tokens))
         return metrics
 
-    def _gather_kl_sums(self, micro, old, ref, plan: BatchPlan) -> torch.Tensor:  # [P * G]
+    def _gather_kl_sums(self, micro, micro_ids, old, ref) -> torch.Tensor:  # [P * G]
         """Each sample's summed per-token KL(old policy || reference) over its loss tokens,
-        for the whole batch: every rank computes its share and the shares are all-gathered."""
+        for the whole batch in flat order: every rank computes its share and the shares are
+        all-gathered."""
         est = self.cfg.algorithm.kl_estimator
-        mine = torch.cat(
+        sums = torch.cat(
             [(losses.kl_estimate(o, r, est) * mb.mask).sum(-1) for mb, o, r in zip(micro, old, ref)]
-        )  # [share]
+        )  # [share] in training order
+        order = torch.tensor([i for ids in micro_ids for i in ids])  # [share] flat indices
+        mine = torch.empty_like(sums)
+        mine[order - self.rank * len(order)] = sums  # [share] in flat order
         if self.world_size == 1:
             return mine
         import torch.distributed as dist

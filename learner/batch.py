@@ -2,8 +2,11 @@
 
 Guarantees: sequences are prompt + completion with every completion starting at the same
 column; `mask[b, t]` is 1 exactly where `targets[b, t]` is a completion token of a usable
-sample, so prompt tokens, padding and excluded samples never reach the loss. Not covered:
-packing several sequences into one row (the speed issue).
+sample, so prompt tokens, padding and excluded samples never reach the loss. Micro-batches
+are lists of flat sample indices: fixed-size runs in sample order, or, under a token budget,
+each rank's mini-batch sorted by length and cut so that rows x longest row fits the budget,
+with the same number of micro-batches on every rank and no sample leaving its mini-batch.
+Not covered: packing several sequences into one row (padding within a micro-batch remains).
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ class MicroBatch:
     targets: torch.Tensor  # [B, C] completion tokens, C = longest completion
     mask: torch.Tensor  # [B, C] 1 on completion tokens of valid samples
     sampler_logprobs: torch.Tensor  # [B, C] vLLM's logprobs of the targets
+
+    @property
+    def real_tokens(self) -> int:
+        """Prompt and completion tokens (the positions that are not padding)."""
+        return int(self.attention_mask.sum())
+
+    @property
+    def positions(self) -> int:
+        """Rows x columns of `input_ids`: what the forward pass computes, padding included."""
+        return self.input_ids.numel()
 
 
 def flatten(
@@ -89,7 +102,8 @@ class BatchPlan:
 
     Rank r takes the contiguous share [r * S, (r + 1) * S), S = num_samples / world_size. Each
     share is cut into `updates` equal slices; mini-batch k (one optimizer step) is the k-th
-    slice of every rank, made of `accumulation_steps` micro-batches per rank. Config validation
+    slice of every rank. Its micro-batches are `micro_batch_size` rows in sample order, or,
+    with `micro_batch_tokens` > 0, cut by token budget (`micro_batches`). Config validation
     guarantees the divisions are exact.
     """
 
@@ -97,12 +111,14 @@ class BatchPlan:
     world_size: int
     updates: int
     micro_batch_size: int
+    micro_batch_tokens: int = 0
 
     def __post_init__(self):
-        if self.num_samples % (self.world_size * self.updates * self.micro_batch_size):
+        rows = 1 if self.micro_batch_tokens else self.micro_batch_size
+        if self.num_samples % (self.world_size * self.updates * rows):
             raise ValueError(
                 f"{self.num_samples} samples do not split into {self.world_size} ranks x "
-                f"{self.updates} updates x micro-batches of {self.micro_batch_size}"
+                f"{self.updates} updates x micro-batches of {rows}"
             )
 
     @property
@@ -120,23 +136,80 @@ class BatchPlan:
 
     @property
     def accumulation_steps(self) -> int:
-        return self.per_rank_update // self.micro_batch_size
+        """DeepSpeed's `gradient_accumulation_steps`, which it divides each micro-batch's loss
+        by: micro-batches per rank per mini-batch, or 1 under a token budget (the count varies,
+        so the learner marks each mini-batch's last micro-batch itself)."""
+        return 1 if self.micro_batch_tokens else self.per_rank_update // self.micro_batch_size
+
+    def update_of(self, index: int) -> int:
+        """The mini-batch (update) that flat sample `index` belongs to."""
+        return (index % self.share) // self.per_rank_update
 
     def micro_slices(self, rank: int) -> list[tuple[int, int]]:
-        """[lo, hi) flat indices of `rank`'s micro-batches, in training order."""
+        """[lo, hi) flat indices of `rank`'s fixed-size micro-batches, in training order."""
         start = rank * self.share
         return [
             (lo, lo + self.micro_batch_size)
             for lo in range(start, start + self.share, self.micro_batch_size)
         ]
 
+    def micro_batches(self, rank: int, lengths: list[int]) -> list[list[int]]:
+        """Flat sample indices of `rank`'s micro-batches in training order, mini-batch by
+        mini-batch (`lengths[i]` = sample i's prompt + completion tokens).
+
+        Without a token budget: `micro_slices`. With one, each mini-batch's samples of this
+        rank are sorted by length (longest first, stable) and cut greedily so that rows x
+        longest row <= `micro_batch_tokens` (a longer sample is a micro-batch of its own).
+        Every rank then uses the largest count of any rank for that mini-batch (backward and
+        step are collectives): a rank with fewer splits its largest micro-batch until it has
+        as many. Samples never change mini-batch, so `minibatch_counts` holds either way.
+        """
+        if not self.micro_batch_tokens:
+            return [list(range(lo, hi)) for lo, hi in self.micro_slices(rank)]
+        batches: list[list[int]] = []
+        ranks = range(self.world_size)
+        for k in range(self.updates):
+            cuts = [self._greedy_cut(self._update_indices(r, k), lengths) for r in ranks]
+            count = max(len(c) for c in cuts)
+            batches += _split_to_count(cuts[rank], count, lengths)
+        return batches
+
+    def _update_indices(self, rank: int, k: int) -> list[int]:
+        """`rank`'s samples of mini-batch k."""
+        start = rank * self.share + k * self.per_rank_update
+        return list(range(start, start + self.per_rank_update))
+
+    def _greedy_cut(self, indices: list[int], lengths: list[int]) -> list[list[int]]:
+        """`indices` longest first, cut where one more row would exceed the token budget."""
+        batches: list[list[int]] = []
+        for i in sorted(indices, key=lambda i: -lengths[i]):
+            last = batches[-1] if batches else []
+            if last and (len(last) + 1) * lengths[last[0]] <= self.micro_batch_tokens:
+                last.append(i)
+            else:
+                batches.append([i])
+        return batches
+
     def minibatch_counts(self, tokens: list[int], index: int) -> tuple[float, float]:
         """Loss tokens and sequences with any loss token in the mini-batch that holds flat
         sample `index`, over every rank (`tokens[i]` = sample i's loss tokens)."""
-        k = (index % self.share) // self.per_rank_update
-        members = [
-            tokens[r * self.share + k * self.per_rank_update + j]
-            for r in range(self.world_size)
-            for j in range(self.per_rank_update)
-        ]
+        k = self.update_of(index)
+        members = [tokens[i] for r in range(self.world_size) for i in self._update_indices(r, k)]
         return float(sum(members)), float(sum(n > 0 for n in members))
+
+
+def _split_to_count(batches: list[list[int]], count: int, lengths: list[int]) -> list[list[int]]:
+    """Split the micro-batch with the most rows (then the most padded tokens; the first of
+    equals) into two halves in its place until there are `count`; order is kept. Needs `count`
+    <= the number of samples."""
+    batches = list(batches)
+
+    def size(j: int) -> tuple[int, int]:
+        rows = len(batches[j])
+        return rows, rows * lengths[batches[j][0]]
+
+    while len(batches) < count:
+        j = max(range(len(batches)), key=size)
+        half = (len(batches[j]) + 1) // 2
+        batches[j : j + 1] = [batches[j][:half], batches[j][half:]]
+    return batches

@@ -1,4 +1,7 @@
-"""Padding and masks: only completion tokens of usable samples reach the loss."""
+"""Padding and masks: only completion tokens of usable samples reach the loss; how a batch is
+cut into micro-batches (fixed size or token budget)."""
+
+import random
 
 import pytest
 import torch
@@ -75,3 +78,63 @@ def test_batch_plan_slices_and_minibatch_counts():
 def test_batch_plan_rejects_uneven_splits():
     with pytest.raises(ValueError, match="do not split"):
         BatchPlan(12, world_size=2, updates=2, micro_batch_size=2)
+
+
+def test_token_budget_micro_batches_by_hand():
+    # 2 ranks x 2 updates x 4 samples; budget 12 tokens = rows x longest row
+    plan = BatchPlan(16, world_size=2, updates=2, micro_batch_size=8, micro_batch_tokens=12)
+    lengths = [3, 9, 4, 4,  5, 6, 20, 1,  2, 2, 2, 2,  3, 3, 3, 3]  # fmt: skip
+    # update 0, rank 0: 1 (9) alone (2 x 9 > 12), then 2, 3, 0 (3 x 4 = 12): 2 micro-batches;
+    # rank 1: 8-11 fit in one (4 x 2), split in halves to match rank 0's 2.
+    # update 1, rank 0: 6 (20 > 12, alone), 5 + 4 (2 x 6), 7 (3 x 6 > 12): 3 micro-batches;
+    # rank 1: 12-15 (4 x 3) split to [12, 13] [14, 15], then the first of equals again.
+    assert plan.micro_batches(0, lengths) == [[1], [2, 3, 0], [6], [5, 4], [7]]
+    assert plan.micro_batches(1, lengths) == [[8, 9], [10, 11], [12], [13], [14, 15]]
+    assert plan.accumulation_steps == 1  # DeepSpeed divides by 1; the learner marks boundaries
+
+
+def test_token_budget_zero_gives_the_fixed_slices():
+    plan = BatchPlan(16, world_size=2, updates=2, micro_batch_size=2)
+    lengths = [random.Random(0).randint(1, 50) for _ in range(16)]
+    for rank in range(2):
+        expected = [list(range(lo, hi)) for lo, hi in plan.micro_slices(rank)]
+        assert plan.micro_batches(rank, lengths) == expected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_token_budget_keeps_counts_equal_and_minibatches_intact(seed):
+    rng = random.Random(seed)
+    world, updates, per_rank_update = rng.choice([1, 2, 3]), rng.choice([1, 2]), rng.randint(1, 9)
+    n = world * updates * per_rank_update
+    plan = BatchPlan(n, world, updates, micro_batch_size=1, micro_batch_tokens=rng.randint(1, 60))
+    lengths = [rng.randint(1, 30) for _ in range(n)]
+    per_rank = [plan.micro_batches(r, lengths) for r in range(world)]
+    for r, batches in enumerate(per_rank):
+        assert sorted(i for b in batches for i in b) == list(
+            range(r * plan.share, (r + 1) * plan.share)
+        )
+        for b in batches:
+            assert len({plan.update_of(i) for i in b}) == 1  # never straddles two mini-batches
+            assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+            assert len(b) == 1 or len(b) * lengths[b[0]] <= plan.micro_batch_tokens
+        # mini-batch k of this rank is exactly its k-th contiguous slice, in some order
+        for k in range(updates):
+            members = sorted(i for b in batches if plan.update_of(b[0]) == k for i in b)
+            start = r * plan.share + k * plan.per_rank_update
+            assert members == list(range(start, start + plan.per_rank_update))
+    for k in range(updates):
+        counts = {sum(plan.update_of(b[0]) == k for b in batches) for batches in per_rank}
+        assert len(counts) == 1, f"ranks disagree on mini-batch {k}'s micro-batch count: {counts}"
+
+
+def test_uneven_micro_batch_size_is_allowed_under_a_token_budget():
+    assert BatchPlan(12, world_size=2, updates=2, micro_batch_size=8, micro_batch_tokens=64)
+
+
+def test_padding_positions_by_hand():
+    a = FlatSample([1, 2], [3, 4, 5], [0.0] * 3, valid=True)  # 5 tokens
+    b = FlatSample([7], [8], [0.0], valid=True)  # 2 tokens
+    together = collate([a, b], pad_id=0)  # 2 rows x 5 columns
+    assert (together.real_tokens, together.positions) == (7, 10)  # padding fraction 0.3
+    apart = [collate([a], pad_id=0), collate([b], pad_id=0)]
+    assert sum(mb.positions for mb in apart) == 7  # one sample per row: no padding
