@@ -211,6 +211,7 @@ def main() -> None:
         "generate_s": phase("time/generate"),
         "reward_s": phase("time/reward"),
         "train_s": train_s,
+        "logprobs_s": phase("time/train_logprobs"),
         "push_s": push_s,
         "generate_wait_s": waited,
         "driver_s": step_s - waited - train_s - push_s,
@@ -231,8 +232,8 @@ def main() -> None:
     }
     print()
     print(f"{'phase':<28}{'seconds/step':>14}")
-    for key in ("generate_s", "reward_s", "train_s", "push_s", "generate_wait_s", "driver_s",
-                "step_s", "raw_vllm_generate_s", "raw_deepspeed_train_s"):  # fmt: skip
+    for key in ("generate_s", "reward_s", "train_s", "logprobs_s", "push_s", "generate_wait_s",
+                "driver_s", "step_s", "raw_vllm_generate_s", "raw_deepspeed_train_s"):  # fmt: skip
         print(f"{key:<28}{result[key]:>14.2f}")
     print(f"generated tokens/step {result['generated_tokens']:.0f} (raw vLLM {raw_tokens:.0f}), "
           f"{result['tokens_per_s']:.1f} tokens/s over the whole step")  # fmt: skip

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from cluster import faults
-from cluster.config import Config
+from cluster.config import Config, parse_cores
 from learner import grpo, losses
 from learner.advantages import compute_advantages
 from learner.batch import BatchPlan, FlatSample, MicroBatch, collate, flatten
@@ -103,7 +104,11 @@ class LearnerActor:
         from transformers import AutoModelForCausalLM
 
         cfg = self.cfg
-        threads = cfg.learner.num_threads or max(1, (os.cpu_count() or 1) // self.world_size)
+        cores = parse_cores(cfg.learner.cpu_cores)
+        if cores:
+            os.sched_setaffinity(0, cores)
+        default = len(cores) or max(1, (os.cpu_count() or 1) // self.world_size)
+        threads = cfg.learner.num_threads or default
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.trainer.seed + self.rank)
         os.environ.update(
@@ -200,8 +205,10 @@ class LearnerActor:
         model = self.engine.module
         kl_reward = self.ref_model is not None and a.kl_in == "reward"
         need_old = a.updates_per_batch > 1 or kl_reward
+        t0 = time.perf_counter()
         old = [self._logprobs(model, mb) for mb in micro] if need_old else None
         ref = [self._logprobs(self.ref_model, mb) for mb in micro] if self.ref_model else None
+        logprob_s = time.perf_counter() - t0
 
         rewards_t = torch.tensor(rewards, dtype=torch.float32)  # [P, G]
         metrics: dict[str, float] = {}
@@ -295,6 +302,8 @@ class LearnerActor:
         metrics["train/optimizer_steps"] = self.optimizer_steps
         metrics["train/advantage_abs_mean"] = float(advantages.abs().mean())
         metrics["train/loss_tokens"] = float(sum(tokens))
+        # Learner-side split of the train phase (rank 0's clock): old/reference forward passes.
+        metrics["time/train_logprobs"] = logprob_s
         return metrics
 
     def _gather_kl_sums(self, micro, micro_ids, old, ref) -> torch.Tensor:  # [P * G]

@@ -73,8 +73,8 @@ def test_reward_rises(tiny_model, tmp_path):
 def test_reward_rises_one_step_off(tiny_model, tmp_path):
     """Generation of step t+1 overlaps training on step t: every batch after the first was
     sampled by the policy one update behind the learner, and the reward still rises."""
-    rows, _ = learn(tiny_model, tmp_path, ["trainer.mode=one_step_off",
-                                           "algorithm.sampler_correction=token_truncate"])  # fmt: skip
+    overlap = ["trainer.mode=one_step_off", "algorithm.sampler_correction=token_truncate"]
+    rows, _ = learn(tiny_model, tmp_path, overlap)
     train_rows = [r for r in rows if r["step"] >= 1]
     assert [r["rollout/staleness_mean"] for r in train_rows] == [0.0] + [1.0] * 9
     assert all(r["train/optimizer_steps"] == r["step"] for r in train_rows)
