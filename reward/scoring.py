@@ -226,7 +226,7 @@ def reward_metrics(scores: list[list[Score]], function_names: list[str]) -> dict
         kinds = Counter(s.kinds.get(name, "exception") for s in flat if name in s.errors)
         for kind in KINDS:
             metrics[f"reward/{name}/failures/{kind}"] = float(kinds[kind])
-        metrics[f"reward/{name}/seconds"] = math.fsum(s.seconds.get(name, 0.0) for s in flat)
+        metrics[f"time/reward/{name}"] = math.fsum(s.seconds.get(name, 0.0) for s in flat)
     metrics["reward/errors"] = float(sum(s.failed for s in flat))
     metrics["reward/excluded"] = float(sum(s.excluded for s in flat))
     metrics["reward/failure_rate"] = metrics["reward/errors"] / len(flat) if flat else math.nan

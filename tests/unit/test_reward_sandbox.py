@@ -132,7 +132,7 @@ def test_dict_return_gives_named_components(tmp_path):
     assert s.reward == 7.0 and s.components == {"parts": 3.5, "parts/length": 3.0,
                                                 "parts/bonus": 0.5}  # fmt: skip
     metrics = reward_metrics([[s]], ["parts"])
-    assert metrics["reward/parts/length/mean"] == 3.0 and metrics["reward/parts/seconds"] >= 0
+    assert metrics["reward/parts/length/mean"] == 3.0 and metrics["time/reward/parts"] >= 0
 
 
 def test_batched_function_gets_a_group_and_fails_per_element(tmp_path):

@@ -100,8 +100,8 @@ def test_groups_and_metrics():
     metrics = reward_metrics(scores, ["length", "breaks"])
     # kept rewards 11 and 13: mean 12, population std 1; length scored on all three: (1+2+3)/3
     # Call seconds are measured, so checked apart: every function has them, >= 0.
-    seconds = {k: metrics.pop(k) for k in list(metrics) if k.endswith("/seconds")}
-    assert sorted(seconds) == ["reward/breaks/seconds", "reward/length/seconds"]
+    seconds = {k: metrics.pop(k) for k in list(metrics) if k.startswith("time/")}
+    assert sorted(seconds) == ["time/reward/breaks", "time/reward/length"]
     assert all(v >= 0 for v in seconds.values())
     no_failures = {f"failures/{kind}": 0.0 for kind in ("exception", "timeout", "crash", "invalid")}
     assert metrics == {
