@@ -166,6 +166,26 @@ def in_subprocess(fn: str, overrides: list[str], payload: dict) -> dict:
         return json.loads(out.read_text())
 
 
+def raw_engines(args, overrides: list[str]) -> tuple[dict, dict]:
+    """Raw vLLM then raw DeepSpeed on the run's prompts; with `--raw-cache FILE`, measured
+    once per placement and step count and reused (they do not depend on the mode)."""
+    key = f"{args.placement}/{args.steps}"
+    cache = json.loads(Path(args.raw_cache).read_text()) if args.raw_cache and Path(
+        args.raw_cache).exists() else {}  # fmt: skip
+    if key in cache:
+        print(f"raw engine timings from {args.raw_cache} ({key})", flush=True)
+        return cache[key]["vllm"], cache[key]["deepspeed"]
+    prompts = step_prompts(overrides, args.steps)
+    print("raw vLLM on the same prompts ...", flush=True)
+    vllm = in_subprocess("raw_vllm", overrides, {"prompts": prompts})
+    print("raw DeepSpeed on the same batches ...", flush=True)
+    ds = in_subprocess("raw_deepspeed", overrides, {"batches": vllm["batches"]})
+    if args.raw_cache:
+        cache[key] = {"vllm": vllm, "deepspeed": ds}
+        Path(args.raw_cache).write_text(json.dumps(cache))
+    return vllm, ds
+
+
 def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -175,6 +195,11 @@ def main() -> None:
     parser.add_argument("--mode", choices=["sync", "one_step_off"], default="sync")
     parser.add_argument("--placement", choices=list(PLACEMENTS), default="split")
     parser.add_argument("--steps", type=int, default=5, help="steps run; the first is warm-up")
+    parser.add_argument(
+        "--raw-cache",
+        default="",
+        help="JSON file to keep and reuse the raw engines' timings across modes",
+    )
     parser.add_argument("--internal", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.internal:
@@ -190,11 +215,7 @@ def main() -> None:
     print(f"cohort train configs/demo.yaml, mode {args.mode}, placement {args.placement}, "
           f"{args.steps} steps (step 1 is warm-up)", flush=True)  # fmt: skip
     rows = run_cohort(overrides)[1:]
-    prompts = step_prompts(overrides, args.steps)
-    print("raw vLLM on the same prompts ...", flush=True)
-    vllm = in_subprocess("raw_vllm", overrides, {"prompts": prompts})
-    print("raw DeepSpeed on the same batches ...", flush=True)
-    ds = in_subprocess("raw_deepspeed", overrides, {"batches": vllm["batches"]})
+    vllm, ds = raw_engines(args, overrides)
     raw_gen, raw_train = mean(vllm["seconds"][1:]), mean(ds["seconds"][1:])
 
     def phase(key: str) -> float:
