@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from cluster.config import Config
+from cluster.config import Config, parse_cores
 from rollout.records import Group, Prompt, Sample
 
 
@@ -60,7 +60,13 @@ class RolloutActor:
     """Wrapped with `ray.remote` by `RolloutPool`."""
 
     def __init__(self, cfg: Config, model_path: str, engine_index: int):
-        os.environ.update(engine_env(cfg, engine_index))
+        env = engine_env(cfg, engine_index)
+        os.environ.update(env)
+        bind = env.get("VLLM_CPU_OMP_THREADS_BIND", "")
+        if bind and bind not in ("auto", "all", "nobind"):
+            # vLLM binds its OpenMP threads, but the engine's Python thread (scheduling,
+            # sampling) would still float onto the learner's cores: pin the whole process.
+            os.sched_setaffinity(0, parse_cores(bind.replace("|", ",")))
         from vllm import LLM
 
         _quiet_expected_reload_warnings()
