@@ -81,12 +81,18 @@ def step_prompts(overrides: list[str], steps: int) -> list[list[list[int]]]:
 
 def raw_vllm(overrides: list[str], prompts: list[list[list[int]]], out: Path) -> None:
     """The rollout engine's vLLM `LLM`, same settings and core binding, called directly."""
-    from cluster.config import load_config
+    from cluster.config import load_config, parse_cores
     from cluster.models import resolve_model
     from rollout.actor import engine_env
 
     cfg = load_config("configs/demo.yaml", overrides)
-    os.environ.update(engine_env(cfg, 0))
+    env = engine_env(cfg, 0)
+    os.environ.update(env)
+    # Pinned like the rollout actor pins itself; without it the engine's Python thread and
+    # torch's thread pool float onto the other core and the baseline is not one core's worth.
+    cores = parse_cores(env["VLLM_CPU_OMP_THREADS_BIND"])
+    os.sched_setaffinity(0, cores)
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))  # as Ray sets it for an actor
     from vllm import LLM, SamplingParams
 
     r = cfg.rollout
@@ -194,7 +200,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["sync", "one_step_off"], default="sync")
     parser.add_argument("--placement", choices=list(PLACEMENTS), default="split")
-    parser.add_argument("--steps", type=int, default=5, help="steps run; the first is warm-up")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=5,
+        help="steps run; the first is warm-up (and in one_step_off the last, "
+        "which has nothing to overlap with, is not counted either)",
+    )
     parser.add_argument(
         "--raw-cache",
         default="",
@@ -202,6 +214,8 @@ def main() -> None:
     )
     parser.add_argument("--internal", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2 + (args.mode == "one_step_off"):
+        parser.error("--steps: need at least one measured step after the warm-up")
     if args.internal:
         fn, args_path, out = args.internal
         payload = json.loads(Path(args_path).read_text())
@@ -215,6 +229,10 @@ def main() -> None:
     print(f"cohort train configs/demo.yaml, mode {args.mode}, placement {args.placement}, "
           f"{args.steps} steps (step 1 is warm-up)", flush=True)  # fmt: skip
     rows = run_cohort(overrides)[1:]
+    if args.mode == "one_step_off":
+        # The last step has no next batch to generate: it is train + push only, which would
+        # flatter the mode. Only steps with a batch generated alongside them are counted.
+        rows = rows[:-1]
     vllm, ds = raw_engines(args, overrides)
     raw_gen, raw_train = mean(vllm["seconds"][1:]), mean(ds["seconds"][1:])
 
@@ -245,6 +263,9 @@ def main() -> None:
         "raw_vllm_tokens": raw_tokens,
         "raw_deepspeed_train_s": raw_train,
         "gen_vs_raw_vllm": phase("time/generate") / raw_gen,
+        # Sampling makes the two generate different token counts: compare seconds per token too.
+        "gen_vs_raw_vllm_per_token": (phase("time/generate") / phase("rollout/tokens"))
+        / (raw_gen / raw_tokens),
         "train_vs_raw_deepspeed": train_s / raw_train,
         "steps_per_hour": 3600 / step_s,
         "mode": args.mode,
@@ -258,7 +279,8 @@ def main() -> None:
         print(f"{key:<28}{result[key]:>14.2f}")
     print(f"generated tokens/step {result['generated_tokens']:.0f} (raw vLLM {raw_tokens:.0f}), "
           f"{result['tokens_per_s']:.1f} tokens/s over the whole step")  # fmt: skip
-    print(f"generate vs raw vLLM {result['gen_vs_raw_vllm']:.2f}x, train vs raw DeepSpeed "
+    print(f"generate vs raw vLLM {result['gen_vs_raw_vllm']:.2f}x (per token "
+          f"{result['gen_vs_raw_vllm_per_token']:.2f}x), train vs raw DeepSpeed "
           f"{result['train_vs_raw_deepspeed']:.2f}x, orchestration overhead "
           f"{100 * result['overhead_frac']:.1f}% of the step, push {100 * result['push_frac']:.1f}%"
           f", {result['steps_per_hour']:.0f} steps/hour")  # fmt: skip
