@@ -49,8 +49,8 @@ def connect_ray(cfg: Config) -> None:
     num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)), 4)
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     # Ray runs its workers at nice 15, below its own daemons: on a few cores the engine and the
-    # learner then lose the CPU to the dashboard and raylet (measured: generation 1.7x slower
-    # than the same engine outside Ray on 2 cores). The raylet reads this when it starts.
+    # learner would yield the CPU to the dashboard, agent and raylet whenever those wake up.
+    # The raylet reads this when it starts.
     os.environ.setdefault("RAY_worker_niceness", "0")
     # The dashboard listens on loopback only; with `secure_local_defaults` every endpoint also
     # wants the token Ray writes to ~/.ray/auth_token.
