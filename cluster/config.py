@@ -149,6 +149,15 @@ class RewardFunctionConfig:
     batched: bool = False
     """Call the function once per group with lists (`completions`, `prompts=`, `answers=`,
     `rows=`) instead of once per sample; it returns one value per completion."""
+    range: list[float] = field(default_factory=list)
+    """[low, high] its scores must lie in; a score outside is an `invalid` failure. Empty: the
+    built-in's own range, or [-1e6, 1e6] for a user function."""
+    network: bool = False
+    """Let the function's sandbox worker open network connections (`remote_rm` and functions
+    that call a service need it); off by default."""
+    read_paths: list[str] = field(default_factory=list)
+    """Files or folders the function's worker may read besides the Python installation and
+    the import path (a word list, a small model); nothing else is readable."""
 
 
 @dataclass
@@ -187,6 +196,11 @@ class RewardConfig:
     samples (1 = never stop)."""
     failure_rate_min_samples: int = 16
     """Samples a scoring call needs before max_failure_rate is checked."""
+    isolation: Literal["strict", "best_effort", "off"] = "strict"
+    """Operating-system isolation of generated code and reward functions (docs/rewards.md):
+    `strict` refuses to run generated code (`code_tests`) without file-system and network
+    isolation, naming what the machine lacks; `best_effort` uses whatever the kernel offers;
+    `off` applies only resource limits. `cohort doctor` shows what is available."""
 
 
 @dataclass
@@ -628,6 +642,11 @@ def validate(cfg: Config) -> None:
         if fn.fn:
             _require(":" in fn.fn and fn.fn.split(":")[0].endswith(".py"), key + ".fn", fn.fn,
                      "must look like path/to/file.py:function_name")  # fmt: skip
+        _require(not fn.range or (len(fn.range) == 2 and fn.range[0] <= fn.range[1]),
+                 key + ".range", fn.range, "must be [low, high] with low <= high")  # fmt: skip
+        _require(fn.name != "remote_rm" or fn.network, key + ".network", fn.network,
+                 "remote_rm calls an HTTP reward model: set network: true to let its sandbox "
+                 "worker reach the network")  # fmt: skip
     names = [reward_function_name(f) for f in cfg.reward.functions]
     _require(len(set(names)) == len(names), "reward.functions", names, "names must be unique")
     acc = cfg.reward.accuracy_function

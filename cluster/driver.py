@@ -71,6 +71,8 @@ def train(cfg: Config) -> Path:
     rewards = RewardPool(cfg.reward, base_dir=Path.cwd(), num_cpus=cfg.cluster.reward_cpus,
                          run_id=run_id, resources=cfg.cluster.reward_resources,
                          run_dir=run_dir)  # fmt: skip
+    for name, layers in rewards.isolation.items():
+        print(f"reward sandbox of {name}: {', '.join(layers) or 'none'}", flush=True)
     learner = LearnerGroup(cfg, model_path, run_id, placement)
     (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))
     transport = make_transport(cfg, learner, rollout)

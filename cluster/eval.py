@@ -2,11 +2,14 @@
 
 The eval prompts are built exactly as training builds them (`data.eval`, chat template, prompt
 template); completions come from one in-process `RolloutActor` (no Ray); correctness is the
-`reward.accuracy_function` score (1 = right) from the config's own reward functions. Reports:
+`reward.accuracy_function` score (1 = right) from the config's own reward functions, scored by a
+`RewardActor` exactly as in training: every call in a sandbox worker under `reward.timeout_s`
+and `reward.isolation`, so a hostile completion or reward function fails its sample, not the
+evaluation (failures go to `reward_failures.jsonl` beside the results). Reports:
 greedy accuracy (what training logs as `eval/accuracy`), and from n samples per prompt at
 `--temperature` the unbiased pass@1 and pass@k (Chen et al. 2021, "Evaluating Large Language
 Models Trained on Code", eq. 1). Results are saved as JSON. Not covered: several engines or
-GPUs (one engine evaluates everything), reward functions that need a sandbox (issue 4).
+GPUs (one engine evaluates everything).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from cluster.config import Config, load_config
+from reward.failures import FAILURES_LOG, append_failures
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -68,8 +72,9 @@ def evaluate_model(
 
     from cluster.data import load_prompts
     from cluster.metrics import accuracy
-    from reward.functions import load_reward_functions
-    from reward.scoring import score_groups
+    from reward.actor import RewardActor
+    from reward.failures import failure_records
+    from reward.functions import read_sources
     from rollout.actor import RolloutActor
 
     acc_fn = cfg.reward.accuracy_function
@@ -78,16 +83,24 @@ def evaluate_model(
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = load_prompts("eval", cfg.data.eval, cfg.data, tokenizer)
     prompts = prompts[:limit] if limit else prompts
-    functions = load_reward_functions(cfg.reward.functions, base_dir=Path.cwd())
+    r = cfg.reward
+    sandbox = {"workers": r.workers_per_actor, "timeout_s": r.timeout_s,
+               "memory_limit_mb": r.memory_limit_mb, "cpu_limit_s": r.cpu_limit_s,
+               "max_processes": r.max_processes, "isolation": r.isolation}  # fmt: skip
+    rewards = RewardActor([dataclasses.asdict(f) for f in r.functions], r.on_failure,
+                          r.failure_score, str(Path.cwd()), sandbox,
+                          read_sources(r.functions, Path.cwd()))  # fmt: skip
     t0 = time.perf_counter()
     actor = RolloutActor(cfg, model, engine_index=0)
     max_tokens = cfg.rollout.eval_max_new_tokens
     greedy = actor.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens)
     sampled = actor.generate(prompts, n=n, temperature=temperature, top_p=1.0,
                              max_tokens=max_tokens, seed=cfg.trainer.seed)  # fmt: skip
-    r = cfg.reward
-    greedy_scores = score_groups(functions, greedy, r.on_failure, r.failure_score)
-    scores = score_groups(functions, sampled, r.on_failure, r.failure_score)
+    try:
+        greedy_scores, scores = rewards.score(greedy), rewards.score(sampled)
+    finally:
+        rewards.close()
+    failures = failure_records(greedy, greedy_scores, 1) + failure_records(sampled, scores, 2)
     right = [sum(s.components.get(acc_fn, 0.0) >= 1.0 for s in row) for row in scores]
     per_prompt = [
         {"id": g.prompt.id, "prompt": g.prompt.text, "answer": g.prompt.answer,
@@ -105,8 +118,10 @@ def evaluate_model(
         "pass@1": sum(pass_at_k(n, c, 1) for c in right) / len(right),
         f"pass@{k}": sum(pass_at_k(n, c, k) for c in right) / len(right),
         "reward/mean": sum(s.reward for row in scores for s in row) / (n * len(prompts)),
+        "reward/failures": len(failures),
         "time_s": time.perf_counter() - t0,
         "per_prompt": per_prompt,
+        "failures": failures,
     }
 
 
@@ -131,6 +146,8 @@ def run_eval(
         / (f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json")
     )
     where.parent.mkdir(parents=True, exist_ok=True)
+    failures = results.pop("failures")
+    append_failures(where.parent / FAILURES_LOG, failures)
     where.write_text(json.dumps(results, indent=1))
     print(f"greedy accuracy {results['greedy/accuracy']:.3f} | pass@1 {results['pass@1']:.3f} | "
           f"pass@{k} {results[f'pass@{k}']:.3f} | {results['prompts']} prompts | "

@@ -236,3 +236,14 @@ BUILTIN: dict[str, Callable[..., Any]] = {
     "remote_rm": remote_rm,
 }
 """Built-in reward functions by their config name."""
+
+BUILTIN_RANGES: dict[str, tuple[float, float]] = {
+    "math_answer": (0.0, 1.0),
+    "exact_match": (0.0, 1.0),
+    "regex_match": (0.0, 1.0),
+    "format": (0.0, 1.0),
+    "overlong": (-1.0, 0.0),
+    "code_tests": (0.0, 1.0),
+}
+"""Declared score ranges of the built-ins whose scores are bounded; `length` and `remote_rm`
+take the user default unless the config gives `range`."""

@@ -11,6 +11,7 @@ count or cost, only by group count.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import ray
@@ -20,8 +21,12 @@ from cluster.health import RunStopped
 from cluster.sharding import replace_dead, split_contiguous
 from reward.actor import RewardActor
 from reward.failures import FAILURES_LOG, append_failures, failure_rate_error, failure_records
+from reward.functions import read_sources, source_hashes
 from reward.scoring import Score
 from rollout.records import Group
+
+SOURCES_FILE = "reward_sources.json"
+"""File in the run directory with the SHA-256 of each user reward file as the run read it."""
 
 
 class RewardFailureRateExceeded(RunStopped):
@@ -42,17 +47,22 @@ class RewardPool:
         self.calls = 0
         sandbox = {"workers": cfg.workers_per_actor, "timeout_s": cfg.timeout_s,
                    "memory_limit_mb": cfg.memory_limit_mb, "cpu_limit_s": cfg.cpu_limit_s,
-                   "max_processes": cfg.max_processes}  # fmt: skip
+                   "max_processes": cfg.max_processes, "isolation": cfg.isolation}  # fmt: skip
         self.prefix = f"{run_id}-" if run_id else ""
         self.actor_class = ray.remote(num_cpus=num_cpus, resources=resources or {})(RewardActor)
+        # User files are read here, once: restarted actors and workers get these same bytes.
+        sources = read_sources(cfg.functions, Path(base_dir))
+        if run_dir:
+            (Path(run_dir) / SOURCES_FILE).write_text(json.dumps(source_hashes(sources), indent=1))
         self.args = (
             [dataclasses.asdict(f) for f in cfg.functions], cfg.on_failure, cfg.failure_score,
-            str(base_dir), sandbox,
+            str(base_dir), sandbox, sources,
         )  # fmt: skip
         self.actors = [self._start(i) for i in range(cfg.num_actors)]
         # Waiting here surfaces a bad reward config now, not at the first step.
         try:
             names = ray.get([actor.function_names.remote() for actor in self.actors])
+            self.isolation = ray.get(self.actors[0].isolation_layers.remote())
         except Exception:
             self.shutdown()
             raise

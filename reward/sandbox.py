@@ -11,12 +11,17 @@ task (`os._exit`, a signal, the OOM killer, RLIMIT_CPU) makes it a `crash` failu
 for RLIMIT_CPU); either way the worker's whole process group is SIGKILLed and a fresh worker
 replaces it, and the tasks it had not started yet go to other workers. `run` takes at most about
 `timeout_s` longer per hung task than the work itself (hung tasks on different workers overlap).
+A worker's messages are JSON checked against a schema (`worker.decode_reply`), read with a size
+limit: a message that is not JSON, answers another task than the one the worker is on, or breaks
+the schema makes that task a `crash`, and the worker is replaced, so every later call is
+unaffected (the bookkeeping never depends on what a worker says, only on what it was sent).
 Not guaranteed: that a task which fails the worker is retried (it is not: a crash or hang is the
 task's outcome), or fairness between tasks of different cost.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -26,8 +31,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
+from reward.isolation import Policy
 from reward.scoring import Outcome
-from reward.worker import Limits, Task, worker_main
+from reward.worker import MAX_REPLY_BYTES, Limits, MalformedReply, Task, decode_reply, worker_main
 
 START_TIMEOUT_S = 120.0
 """How long a new worker may take to load the reward functions."""
@@ -45,11 +51,14 @@ class _Worker:
     """Ids of the tasks sent and not yet answered; the first is running."""
     since: float = 0.0
     """When the running task started (its dispatch, or the previous task's answer)."""
+    malformed: str = ""
+    """Why its last message was refused (it is then replaced)."""
 
 
 class Sandbox:
     """`workers` worker processes that have loaded `function_configs` (plain dicts of
-    `RewardFunctionConfig`, user files relative to `base_dir`)."""
+    `RewardFunctionConfig`; user files from `sources`, else relative to `base_dir`) and confined
+    themselves under `policy`."""
 
     def __init__(
         self,
@@ -58,8 +67,13 @@ class Sandbox:
         workers: int = 2,
         timeout_s: float = 30.0,
         limits: Limits | None = None,
+        sources: dict[str, str] | None = None,
+        policy: Policy | None = None,
     ):
-        self.args = (function_configs, str(base_dir), limits or Limits())
+        self.args = (function_configs, str(base_dir), limits or Limits(), sources or {},
+                     policy or Policy(untrusted_code=False))  # fmt: skip
+        self.layers: list[str] = []
+        """The isolation layers the workers reported active."""
         self.timeout_s = timeout_s
         self.ctx = mp.get_context("forkserver")
         # Workers fork from a server that has imported math-verify and sympy once, and the
@@ -70,10 +84,16 @@ class Sandbox:
         self.workers: list[_Worker] = []
         try:
             self.workers = [self._start() for _ in range(workers)]
+            deadline = time.monotonic() + START_TIMEOUT_S
             while not all(w.ready for w in self.workers):
                 wait([w.conn for w in self.workers if not w.ready], timeout=1.0)
                 for w in self.workers:
-                    self._drain(w, [])
+                    if not w.ready and not self._drain(w, []):
+                        why = w.malformed or _describe_exit(w.process.exitcode)
+                        raise RuntimeError(f"a reward worker died while starting ({why})")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"reward workers did not load the reward functions "
+                                       f"within {START_TIMEOUT_S:.0f} s")  # fmt: skip
         except BaseException:
             self.close()
             raise
@@ -124,28 +144,44 @@ class Sandbox:
         w.inflight.extend(ids)
         w.since = time.monotonic()
 
-    def _drain(self, w: _Worker, results: list) -> bool:
-        """Read every message `w` has sent; False once its pipe is closed."""
+    def _drain(self, w: _Worker, results: list, tasks: list[Task] | None = None) -> bool:
+        """Read every message `w` has sent; False once its pipe is closed or it sent something
+        malformed (`w.malformed` says what)."""
         try:
             while w.conn.poll():
-                message = w.conn.recv()
-                if message[0] == "ready":
-                    w.ready, w.since = True, time.monotonic()
-                elif message[0] == "load_error":
-                    raise RuntimeError(f"a reward worker could not load the functions: "
-                                       f"{message[1]}")  # fmt: skip
-                else:
-                    task_id, outcomes = message
-                    results[task_id] = outcomes
-                    w.inflight.popleft()
-                    w.since = time.monotonic()
+                data = w.conn.recv_bytes(MAX_REPLY_BYTES)
+                if not w.ready:
+                    self._hello(w, data)
+                    continue
+                if not w.inflight or tasks is None:
+                    raise MalformedReply("a message while no task was running")
+                task_id = w.inflight[0]
+                results[task_id] = decode_reply(data, task_id, len(tasks[task_id][2]))
+                w.inflight.popleft()
+                w.since = time.monotonic()
         except (EOFError, OSError):
+            return False
+        except MalformedReply as e:
+            w.malformed = str(e)
             return False
         return True
 
+    def _hello(self, w: _Worker, data: bytes) -> None:
+        """Handle a worker's first message: ready (with its isolation layers) or a load error."""
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and isinstance(message.get("load_error"), str):
+            raise RuntimeError(f"a reward worker could not start: {message['load_error']}")
+        if not isinstance(message, dict) or not isinstance(message.get("ready"), list):
+            raise MalformedReply("the first message is not a ready message")
+        w.ready, w.since = True, time.monotonic()
+        self.layers = [str(x) for x in message["ready"]]
+
     def _check(self, w: _Worker, tasks, results, pending: deque[int]) -> _Worker:
         """`w`, or its replacement if it died or overran its running task."""
-        alive = self._drain(w, results) and w.process.is_alive()
+        alive = self._drain(w, results, tasks) and w.process.is_alive()
         overdue = bool(w.inflight) and time.monotonic() > w.since + self.timeout_s
         if alive and not overdue:
             if not w.ready and time.monotonic() > w.started + START_TIMEOUT_S:
@@ -160,7 +196,10 @@ class Sandbox:
             task_id = w.inflight.popleft()
             n = len(tasks[task_id][2])
             seconds = 0.0
-            if alive:  # overdue
+            if w.malformed:
+                kind = "crash"
+                error = f"WorkerCrashed: the worker sent a malformed reply ({w.malformed})"
+            elif alive:  # overdue
                 kind, seconds = "timeout", self.timeout_s / n
                 error = (f"TimeoutError: no result within reward.timeout_s={self.timeout_s:g} s; "
                          "the worker was killed")  # fmt: skip

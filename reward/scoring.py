@@ -3,7 +3,9 @@
 One reward call is one function on one sample (or on one group, for a batched function); its
 result is an `Outcome`, and a sample's outcomes are combined into a `Score` by `combine`.
 Guaranteed: a call that raises (`kind="exception"`), returns something that is not a real number
-or a dict of them (`bool` counts as 0/1), or returns NaN/inf (`"invalid"`) never stops scoring;
+or a dict of at most `MAX_PARTS` of them (`bool` counts as 0/1), or returns NaN/inf or a score
+outside the function's declared range (`"invalid"`) never stops scoring, and every reward that
+leaves `combine` is finite;
 the sandbox adds `"timeout"` and `"crash"` (`reward/sandbox.py`). Any failed call marks its
 sample `failed`, its component is NaN, and its error is recorded as `"ExceptionType: message"`
 with the kind and traceback. Under `on_failure="exclude"` a failed sample has reward 0.0 and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import statistics
 import time
 import traceback
@@ -30,6 +33,9 @@ from rollout.records import Group, Prompt, Sample
 ON_FAILURE = ("exclude", "score")
 KINDS = ("exception", "timeout", "crash", "invalid")
 """Failure kinds, as counted in `reward/<fn>/failures/<kind>`."""
+MAX_PARTS = 64
+"""Most named parts a function may return in a dict (each becomes a metric)."""
+_PART_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass
@@ -91,15 +97,28 @@ class Outcome:
         return cls(kind=kind, error=error, traceback=tb or error, seconds=seconds)
 
 
-def checked(value: object) -> tuple[float, dict[str, float]]:
+def checked(
+    value: object, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, dict[str, float]]:
     """A function's return value as (score, named components): a real number, or a non-empty
-    dict of real numbers summed into the score. Raises TypeError / ValueError otherwise."""
+    dict of at most `MAX_PARTS` real numbers (keys of letters, digits, `_.-`) summed into the
+    score; the score must lie in `bounds`. Raises TypeError / ValueError otherwise."""
     if isinstance(value, dict):
-        if not value or not all(isinstance(k, str) for k in value):
-            raise TypeError(f"returned {value!r:.100}, expected a non-empty dict with str keys")
+        if not value or len(value) > MAX_PARTS:
+            raise ValueError(f"returned a dict of {len(value)} parts, expected 1 to {MAX_PARTS}")
+        bad = [k for k in value if not isinstance(k, str) or not _PART_NAME.fullmatch(k)]
+        if bad:
+            raise TypeError(f"returned a dict with key {bad[0]!r:.80}, expected names of "
+                            "letters, digits, '_', '.' or '-' (at most 64)")  # fmt: skip
         parts = {k: _finite(v, f"[{k!r}]") for k, v in value.items()}
-        return math.fsum(parts.values()), parts
-    return _finite(value, ""), {}
+        score = math.fsum(parts.values())
+    else:
+        score, parts = _finite(value, ""), {}
+    low, high = bounds
+    if not low <= score <= high:
+        raise ValueError(f"returned {score:g}, outside the function's range [{low:g}, {high:g}] "
+                         "(reward.functions[i].range)")  # fmt: skip
+    return score, parts
 
 
 def _finite(value: object, where: str) -> float:
@@ -122,7 +141,7 @@ def call_function(f: RewardFunction, x: CallInput) -> Outcome:
                      **f.kwargs)  # fmt: skip
     except Exception as e:  # any error in user code is a per-sample failure
         return _raised(e, time.perf_counter() - t0)
-    return _judged(value, time.perf_counter() - t0)
+    return _judged(value, time.perf_counter() - t0, f.range)
 
 
 def call_batched(f: RewardFunction, xs: list[CallInput]) -> list[Outcome]:
@@ -142,7 +161,7 @@ def call_batched(f: RewardFunction, xs: list[CallInput]) -> list[Outcome]:
         error = (f"TypeError: batched function returned {values!r:.100}, expected a list of "
                  f"{len(xs)} values")  # fmt: skip
         return [Outcome.failure("invalid", error, seconds=seconds)] * len(xs)
-    return [_raised(v, seconds) if isinstance(v, Exception) else _judged(v, seconds)
+    return [_raised(v, seconds) if isinstance(v, Exception) else _judged(v, seconds, f.range)
             for v in values]  # fmt: skip
 
 
@@ -151,9 +170,9 @@ def _raised(e: BaseException, seconds: float) -> Outcome:
     return Outcome.failure("exception", f"{type(e).__name__}: {e}", tb, seconds)
 
 
-def _judged(value: object, seconds: float) -> Outcome:
+def _judged(value: object, seconds: float, bounds: tuple[float, float]) -> Outcome:
     try:
-        score, parts = checked(value)
+        score, parts = checked(value, bounds)
     except (TypeError, ValueError) as e:
         return Outcome.failure("invalid", f"{type(e).__name__}: {e}", seconds=seconds)
     return Outcome(score, parts, seconds)
@@ -176,6 +195,11 @@ def combine(
             s.components[f.name] = o.value
             s.components |= {f"{f.name}/{k}": v for k, v in o.components.items()}
             s.reward += f.weight * o.value
+    if not math.isfinite(s.reward):  # in-range scores times large weights can still overflow
+        s.errors["reward"] = f"ValueError: the weighted sum of the scores is {s.reward}"
+        s.kinds["reward"] = "invalid"
+        s.tracebacks["reward"] = s.errors["reward"]
+        s.reward = failure_score if on_failure == "score" else 0.0
     s.failed = bool(s.errors)
     s.excluded = s.failed and on_failure == "exclude"
     if s.excluded:

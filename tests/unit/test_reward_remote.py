@@ -116,11 +116,21 @@ def test_concurrency_limit(server):
 
 
 def test_through_the_sandbox(server, tmp_path):
-    # One group to /good, scored; a server slower than reward.timeout_s is a timeout failure.
+    # One group to /good, scored; a server slower than reward.timeout_s is a timeout failure;
+    # without the network grant the sandbox refuses the connection.
     prompt = Prompt(id="train:0", text="q", token_ids=[1], answer="a", fields={"bonus": 0})
     groups = [Group(prompt, [Sample([], t, [], "stop", 0) for t in ("a", "abc")])]
-    good = {"name": "remote_rm", "kwargs": {"url": server + "/good"}}
-    slow = {"name": "remote_rm", "kwargs": {"url": server + "/slow", "timeout_s": 5}}
+    good = {"name": "remote_rm", "network": True, "kwargs": {"url": server + "/good"}}
+    slow = {"name": "remote_rm", "network": True,
+            "kwargs": {"url": server + "/slow", "timeout_s": 5}}  # fmt: skip
+    denied = {"name": "remote_rm", "kwargs": {"url": server + "/good", "retries": 0}}
+    actor = RewardActor([denied], "exclude", 0.0, str(tmp_path), {"workers": 1})
+    try:
+        scores = actor.score(groups)[0]
+    finally:
+        actor.close()
+    assert [s.kinds for s in scores] == [{"remote_rm": "exception"}] * 2
+    assert "Operation not permitted" in scores[0].errors["remote_rm"]
     actor = RewardActor([good], "exclude", 0.0, str(tmp_path), {"workers": 1})
     try:
         assert [s.reward for s in actor.score(groups)[0]] == [1.0, 3.0]

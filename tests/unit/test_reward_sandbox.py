@@ -101,13 +101,14 @@ def test_unbounded_allocation_hits_the_memory_limit(tmp_path):
 
 def test_process_spawning_loop_is_killed_with_its_children(tmp_path):
     # The function records its process group, then starts `sleep` processes until killed. The
-    # sandbox kills the worker's whole group, so none of them may outlive the call.
+    # sandbox kills the worker's whole group, so none of them may outlive the call. Isolation
+    # is off: it would deny writing the record and running `sleep` (tests/adversarial/).
     body = f"""
         open({str(tmp_path / "pgid")!r}, "a").write(f"{{os.getpgid(0)}}\\n")
         while True:
             subprocess.Popen(["sleep", "60"])
     """
-    attack(tmp_path, body, "timeout", "TimeoutError")
+    attack(tmp_path, body, "timeout", "TimeoutError", isolation="off")
     groups = {int(line) for line in (tmp_path / "pgid").read_text().split()}
     assert len(groups) == 2 and os.getpgid(0) not in groups  # each worker leads its own group
     time.sleep(0.2)
