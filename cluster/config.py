@@ -158,6 +158,9 @@ class RewardFunctionConfig:
     read_paths: list[str] = field(default_factory=list)
     """Files or folders the function's worker may read besides the Python installation and
     the import path (a word list, a small model); nothing else is readable."""
+    env: list[str] = field(default_factory=list)
+    """Environment variables the function's worker keeps (an API key for a service it calls);
+    the others are removed, so a function never sees the run's secrets by default."""
 
 
 @dataclass

@@ -16,6 +16,8 @@ import platform
 import socket
 import sys
 
+from reward.isolation import missing_for_strict, probe, strict_message
+
 REQUIRED = [
     # (distribution names to try, what it is for, how to install)
     (["torch"], "learner and tensors", "pip install torch==2.13.0 (CPU wheel first, see Makefile)"),
@@ -96,6 +98,14 @@ def ray_reachable(address: str, timeout: float = 3.0) -> str:
         return f"RAY_ADDRESS={address}: NOT reachable ({e}); check `ray status` on the head node"
 
 
+def sandbox_layers() -> list[str]:
+    """The reward sandbox's isolation layers on this machine (`reward/isolation.py`)."""
+    return ["reward sandbox isolation (reward.isolation):"] + [
+        f"  {'ok ' if state.startswith('yes') else 'no '} {layer:<38} {state}"
+        for layer, state in probe().items()
+    ]
+
+
 def report() -> tuple[str, bool]:
     """The doctor's text and whether everything required is there."""
     lines, problems = ["cohort doctor", ""], []
@@ -120,6 +130,9 @@ def report() -> tuple[str, bool]:
                  "starts a local Ray (set it to join a cluster)")  # fmt: skip
     if address and "NOT reachable" in lines[-1]:
         problems.append("required: start the cluster (`ray start --head`) or fix RAY_ADDRESS")
+    lines += ["", *sandbox_layers()]
+    if missing_for_strict():
+        problems.append("optional: " + strict_message(missing_for_strict()))
     lines.append("")
     ok = not any(p.startswith("required") for p in problems)
     lines += ["to fix:", *(f"  - {p}" for p in problems)] if problems else ["all good"]

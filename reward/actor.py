@@ -62,7 +62,7 @@ class RewardActor:
             groups.setdefault(_access(cfg), []).append(i)
         self.route = [(0, 0)] * len(cfgs)
         try:
-            for (harness, network, read_paths), members in groups.items():
+            for (harness, network, read_paths, _), members in groups.items():
                 policy = Policy(
                     level="off" if harness else isolation,
                     untrusted_code=False,
@@ -143,10 +143,11 @@ CODE_HARNESSES = ("code_tests",)
 workers run only our harness and the dataset's tests, so they get resource limits alone."""
 
 
-def _access(cfg: RewardFunctionConfig) -> tuple[bool, bool, tuple[str, ...]]:
-    """What a function's sandbox must allow: (code harness, network, readable paths)."""
+def _access(cfg: RewardFunctionConfig) -> tuple[bool, bool, tuple[str, ...], tuple[str, ...]]:
+    """What a function's sandbox must allow: (code harness, network, readable paths,
+    environment variables)."""
     paths = tuple(sorted(str(Path(p).expanduser().resolve()) for p in cfg.read_paths))
-    return cfg.name in CODE_HARNESSES, cfg.network, paths
+    return cfg.name in CODE_HARNESSES, cfg.network, paths, tuple(sorted(cfg.env))
 
 
 def _with_isolation(function_config: dict[str, Any], isolation: str) -> dict[str, Any]:

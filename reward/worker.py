@@ -72,6 +72,7 @@ def worker_main(
         _limit_memory(limits.memory_limit_mb)
         _limit_processes(limits.max_processes)
         scratch = tempfile.mkdtemp(prefix="cohort-reward-")
+        _keep_environment({name for cfg in cfgs for name in cfg.env})
         os.environ["TMPDIR"] = tempfile.tempdir = scratch
         layers = confine(replace(policy, write_dir=scratch))
     except Exception as e:
@@ -91,6 +92,31 @@ def worker_main(
             else:
                 outcomes = [call_function(f, x) for x in inputs]
             conn.send_bytes(encode_reply(task_id, outcomes))
+
+
+SAFE_ENVIRONMENT = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "HOME",
+    "PYTHONHASHSEED",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
+"""Variables a worker keeps besides those its functions list in `env`: none holds a secret."""
+
+
+def _keep_environment(granted: set[str]) -> None:
+    """Remove every environment variable but `SAFE_ENVIRONMENT` and `granted` (tokens, keys
+    and cluster addresses of the run stay out of reach of reward code)."""
+    for name in list(os.environ):
+        if name not in SAFE_ENVIRONMENT and name not in granted:
+            del os.environ[name]
 
 
 def encode_reply(task_id: int, outcomes: list[Outcome]) -> bytes:
