@@ -1,12 +1,28 @@
-"""`code_tests`: run the Python code of a completion against the row's test cases.
+"""`code_tests`: score a completion's Python code by the row's tests, which the code never sees.
 
-The code runs in a fresh `python -I` subprocess of the sandbox worker, in its own session and an
-empty temporary directory, with a clean environment, an address-space limit and a per-test time
-limit (SIGALRM works there: the runner is its own main thread). A test that fails, raises, hangs
-or exhausts memory scores as failed, never as a reward failure: broken generated code is a wrong
-answer. Guaranteed: the subprocess and everything it started are SIGKILLed by the time the call
-returns. Not guaranteed: a security boundary. The code can read files and use the network like
-the worker can, and code written to attack the grader (forging result lines) is not stopped.
+The code runs in `code_runner.py`, a fresh `python -I` subprocess of the sandbox worker in its
+own session and an empty temporary directory, confined by `reward.isolation.confine` with the
+policy of `set_policy` (default `Policy()`, level `strict`), its level replaced by the
+`isolation` kwarg when given (`reward/actor.py` passes `reward.isolation` that way) and its
+`memory_mb`, `cpu_s` and `write_dir` set per call. The tests never enter that process:
+- assert tests (`"assert add(1, 2) == 3"`, HumanEval's `check(candidate)`) run here, in
+  `code_judge.py`, calling the code through a pair of pipes: one runner per completion, and a
+  new one after a test that hung or killed it;
+- stdin/stdout cases run the whole program, one runner per case, with the case's input on stdin;
+  its stdout (at most `MAX_OUTPUT_BYTES`) is read and compared here, and it must exit with 0.
+
+Guaranteed: the score is passed / total, in [0, 1] (with `all_or_nothing`, 1.0 only when all
+pass, else 0.0). A test that fails, raises, hangs, exhausts memory, or whose runner dies or
+answers nonsense counts as failed: broken or hostile code is a wrong answer, not a reward
+failure. Every wait has a deadline (a grandchild holding a pipe open is not waited for), the
+call returns within about `per_test_s * (tests + 1) + 5` seconds, and each runner's process group
+is SIGKILLed by then. Reward failures (exceptions) are data or setup problems only: a row without
+tests or with malformed cases, a runner that could not start or confine itself (such as
+`isolation="strict"` on a kernel without what it needs); each is decided before the code runs.
+Not guaranteed: what `code_judge.py` lists (arguments are copies, objects of the code compare by
+identity, ...), and whatever `reward.isolation` leaves open: under `off` the code can read
+files, use the network, and read this worker's memory (expected outputs included) through
+/proc/<pid>/mem as the worker's user.
 """
 
 from __future__ import annotations
@@ -14,68 +30,40 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
 
+from reward import wire
+from reward.code_judge import RpcFailure, judge_asserts, same_output
+from reward.isolation import LEVELS, Policy
+
+MAX_OUTPUT_BYTES = 2**20
+"""Most stdout a program may write for one stdin/stdout case (more fails the case)."""
+STARTUP_S = 10.0
+"""How long a runner may take to start and confine itself (longer is a reward failure)."""
+ROOT = str(Path(__file__).resolve().parent.parent)
+"""The directory that holds the `reward` package, put first on the runner's sys.path."""
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from reward.code_runner import main; main()"
+)
+_ENV = {"PATH": os.defpath, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+"""BLAS thread pools would reserve more address space than `memory_mb` allows."""
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.I)
 
-# Reads {"code", "tests", "token", "per_test_s", "memory_mb"} from stdin; prints "<token> 1" or
-# "<token> 0" per test on the original stdout, as soon as each test ends.
-_RUNNER = r"""
-import contextlib, io, json, os, resource, signal, sys
-spec = json.loads(sys.stdin.read())
-if spec["memory_mb"]:
-    limit = spec["memory_mb"] * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-out = os.fdopen(os.dup(1), "w")
-token = spec.pop("token")
-class TestTimeout(BaseException):
-    pass
-def on_alarm(*_):
-    raise TestTimeout()
-signal.signal(signal.SIGALRM, on_alarm)
-def timed(fn):
-    signal.setitimer(signal.ITIMER_REAL, spec["per_test_s"])
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-def report(ok):
-    out.write(f"{token} {int(ok)}\n")
-    out.flush()
-code = compile(spec["code"], "<completion>", "exec")
-tests = spec["tests"]
-if tests and isinstance(tests[0], str):
-    namespace = {"__name__": "__solution__"}
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            timed(lambda: exec(code, namespace))
-        loaded = True
-    except BaseException:
-        loaded = False
-    for test in tests:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                timed(lambda: exec(test, namespace))
-            report(loaded)
-        except BaseException:
-            report(False)
-else:
-    for case in tests:
-        stdout = io.StringIO()
-        sys.stdin = io.StringIO(case["input"])
-        try:
-            with contextlib.redirect_stdout(stdout):
-                timed(lambda: exec(code, {"__name__": "__main__"}))
-            got = [line.rstrip() for line in stdout.getvalue().strip().splitlines()]
-            want = [line.rstrip() for line in case["output"].strip().splitlines()]
-            report(got == want)
-        except BaseException:
-            report(False)
-"""
+_policy = Policy()
+
+
+def set_policy(policy: Policy) -> None:
+    """Confine the runners of later `code_tests` calls in this process with `policy` (the sandbox
+    worker sets it once; `memory_mb`, `cpu_s` and `write_dir` are replaced per call)."""
+    global _policy
+    _policy = policy
 
 
 def extract_code(completion: str) -> str:
@@ -93,48 +81,250 @@ def code_tests(
     tests_field: str = "tests",
     per_test_s: float = 2.0,
     memory_mb: int = 1024,
+    all_or_nothing: bool = False,
+    isolation: str | None = None,
     **kwargs,
 ) -> float:
     """Fraction of the row's tests that the completion's code passes, in [0, 1].
 
     The code is `extract_code(completion)`. `row[tests_field]` (a list, or a JSON string of one)
-    holds either assert statements run after the code in its namespace (MBPP/HumanEval style:
-    `"assert add(1, 2) == 3"`), or `{"input": STDIN, "output": STDOUT}` cases for which the whole
-    program runs with that standard input and its output must equal `output` line by line
-    (trailing spaces and blank edges ignored). Each test (and the code's own top level) may run
-    `per_test_s` seconds; the process may map `memory_mb` MiB. Raises ValueError when the row
-    has no tests (a data problem, recorded as a reward failure).
+    holds either assert-style tests, Python source run against the code's globals (MBPP /
+    HumanEval: `"assert add(1, 2) == 3"`), or `{"input": STDIN, "output": STDOUT}` cases for
+    which the whole program runs with that standard input and its output must equal `output`
+    line by line (trailing spaces and blank edges ignored). Each test (and the code's top level)
+    may run `per_test_s` seconds; each process may map `memory_mb` MiB. `all_or_nothing`: 1.0
+    when every test passes, else 0.0 (partial credit is easier to game). `isolation`: the
+    `reward.isolation` level (`strict`, `best_effort`, `off`) instead of `set_policy`'s.
+    Raises ValueError when the row has no valid tests (a data problem, a reward failure).
     """
+    tests = _load_tests(row, tests_field)
+    if isolation is not None and isolation not in LEVELS:
+        raise ValueError(f"kwargs.isolation is {isolation!r}; use one of {', '.join(LEVELS)}")
+    code = extract_code(completion)
+    deadline = time.monotonic() + per_test_s * (len(tests) + 1) + 5.0
+    with tempfile.TemporaryDirectory(prefix="cohort-code-", ignore_cleanup_errors=True) as cwd:
+        policy = replace(
+            _policy,
+            level=isolation or _policy.level,
+            memory_mb=memory_mb,
+            cpu_s=per_test_s * (len(tests) + 1) + 1.0,
+            write_dir=cwd,
+        )
+        if isinstance(tests[0], str):
+            spec = {"mode": "functions", "code": code, "load_s": per_test_s}
+            launch = lambda: RunnerProcess.start(spec, policy, cwd)
+            results = judge_asserts(tests, launch, per_test_s=per_test_s, deadline=deadline)
+        else:
+            results = []
+            for case in tests:
+                try:
+                    results.append(_run_case(code, case, policy, cwd, per_test_s, deadline))
+                except RuntimeError:
+                    if not results:  # before any code ran: a setup problem
+                        raise
+                    results.append(False)  # what earlier runs left behind may be the cause
+    passed = sum(ok is True for ok in results)
+    if all_or_nothing:
+        return 1.0 if passed == len(tests) else 0.0
+    return min(passed, len(tests)) / len(tests)
+
+
+def _load_tests(row: dict, tests_field: str) -> list:
     tests = row.get(tests_field)
     if isinstance(tests, str):
         tests = json.loads(tests)
     if not tests or not isinstance(tests, list):
-        raise ValueError(f"row field {tests_field!r} holds no list of tests: {tests!r:.100} "
-                         "(set kwargs.tests_field to the field with the tests)")  # fmt: skip
-    token = secrets.token_hex(8)
-    spec = {"code": extract_code(completion), "tests": tests, "token": token,
-            "per_test_s": per_test_s, "memory_mb": memory_mb}  # fmt: skip
-    stdout = _run_runner(json.dumps(spec), timeout_s=per_test_s * (len(tests) + 1) + 5)
-    passed = sum(line == f"{token} 1" for line in stdout.splitlines())
-    return passed / len(tests)
+        raise ValueError(
+            f"row field {tests_field!r} holds no list of tests: {tests!r:.100} "
+            "(set kwargs.tests_field to the field with the tests)"
+        )
+    is_case = lambda t: (
+        isinstance(t, dict) and all(isinstance(t.get(k), str) for k in ("input", "output"))
+    )
+    if not (all(isinstance(t, str) for t in tests) or all(is_case(t) for t in tests)):
+        raise ValueError(
+            f"row field {tests_field!r} must hold only strings (assert tests) or only "
+            f'{{"input": str, "output": str}} cases: {tests!r:.100}'
+        )
+    return tests
 
 
-def _run_runner(spec_json: str, timeout_s: float) -> str:
-    """Run the test runner on `spec_json`; its stdout so far, whatever happens to it."""
-    with tempfile.TemporaryDirectory(prefix="cohort-code-") as cwd:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _RUNNER], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
-            env={"PATH": os.defpath, "PYTHONHASHSEED": "0"}, text=True,
-        )  # fmt: skip
+def _run_case(
+    code: str, case: dict, policy: Policy, cwd: str, per_test_s: float, deadline: float
+) -> bool:
+    """Whether the program, given the case's input, exits with 0 and prints its output."""
+    if time.monotonic() >= deadline:
+        return False
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write(case["input"].encode("utf-8", "replace"))
+        stdin.seek(0)
+        runner = RunnerProcess.start({"mode": "program", "code": code}, policy, cwd, stdin=stdin)
         try:
-            stdout, _ = process.communicate(spec_json, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, _ = process.communicate()
+            end = min(time.monotonic() + per_test_s, deadline)
+            output = runner.read_output(MAX_OUTPUT_BYTES, end)
         finally:
+            runner.close()
+    return output is not None and same_output(output.decode("utf-8", "replace"), case["output"])
+
+
+class RunnerProcess:
+    """One `code_runner` process and its pipes; every read and write ends by a deadline.
+
+    Its requests pipe carries the spec and then requests; its replies pipe carries the
+    status line (before any code runs) and then replies. In mode `program` its stdout is a pipe
+    read by `read_output`, else /dev/null; stderr is /dev/null.
+    """
+
+    def __init__(self, cwd: str, stdin, capture_stdout: bool):
+        request_r, self.requests = os.pipe()
+        self.replies, reply_w = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, ROOT, str(request_r), str(reply_w)],
+                stdin=stdin,
+                stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=cwd,
+                env=_ENV,
+                start_new_session=True,
+                pass_fds=(request_r, reply_w),
+            )
+        except BaseException:
+            os.close(self.requests)
+            os.close(self.replies)
+            raise
+        finally:
+            os.close(request_r)
+            os.close(reply_w)
+        os.set_blocking(self.requests, False)
+        self.buffer = bytearray()
+        self.closed = False
+
+    @classmethod
+    def start(cls, spec: dict, policy: Policy, cwd: str, stdin=subprocess.DEVNULL):
+        """A runner that has read `spec` and confined itself with `policy`; raises RuntimeError
+        when it reports that it cannot, or does not report within `STARTUP_S`."""
+        runner = cls(cwd, stdin, capture_stdout=spec["mode"] == "program")
+        deadline = time.monotonic() + STARTUP_S
+        try:
+            runner.send_line(wire.encode({**spec, "policy": asdict(policy)}), deadline)
+            status = wire.decode(runner.receive_line(deadline))
+        except (RpcFailure, wire.WireError) as e:
+            runner.close()
+            raise RuntimeError(
+                f"the code runner did not start ({e}); run `{sys.executable} -I -c "
+                f"'import reward.code_runner'` in {ROOT} to see why"
+            ) from None
+        if type(status) is not dict or type(status.get("confined")) is not list:
+            runner.close()
+            raise RuntimeError(
+                f"the code runner could not confine itself: {status.get('fatal', status)!s:.300} "
+                "(set kwargs.isolation to a level this machine supports, e.g. 'best_effort')"
+            )
+        return runner
+
+    def send_line(self, line: str, deadline: float) -> None:
+        data = memoryview(line.encode("ascii") + b"\n")
+        poller = select.poll()
+        poller.register(self.requests, select.POLLOUT)
+        while data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcFailure("timed out writing to the runner")
+            poller.poll(_ms(remaining))
             try:
-                os.killpg(process.pid, signal.SIGKILL)  # anything the code left running
-            except ProcessLookupError:
+                data = data[os.write(self.requests, data) :]
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise RpcFailure(f"the runner stopped reading: {e}") from None
+
+    def receive_line(self, deadline: float) -> bytes:
+        poller = select.poll()
+        poller.register(self.replies, select.POLLIN)
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self.buffer[:end])
+                del self.buffer[: end + 1]
+                return line
+            if len(self.buffer) > wire.MAX_BYTES + 1024:
+                raise RpcFailure("the runner's answer is too long")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RpcFailure("timed out waiting for the runner")
+            if not poller.poll(_ms(remaining)):
+                continue
+            chunk = os.read(self.replies, 2**16)
+            if not chunk:
+                raise RpcFailure("the runner exited")
+            self.buffer += chunk
+
+    def read_output(self, limit: int, deadline: float) -> bytes | None:
+        """The program's stdout once it has exited with status 0; None when it fails, writes
+        more than `limit` bytes or has not exited by `deadline`. After the runner exits, only
+        what it wrote is read: a grandchild that keeps stdout open is not waited for."""
+        stdout = self.process.stdout.fileno()
+        os.set_blocking(stdout, False)
+        poller = select.poll()
+        poller.register(stdout, select.POLLIN)
+        chunks, size, eof = [], 0, False
+        while True:
+            status = self._exit_status()  # before reading: all it wrote is in the pipe now
+            while not eof:
+                try:
+                    chunk = os.read(stdout, 2**16)
+                except BlockingIOError:
+                    break
+                eof = not chunk
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+            if status is not None:
+                return b"".join(chunks) if status == 0 else None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if eof:  # stdout closed, exit status soon
+                time.sleep(min(remaining, 0.002))
+            else:  # wake now and then: a grandchild may hold stdout after the runner exits
+                poller.poll(_ms(min(remaining, 0.02)))
+
+    def _exit_status(self) -> int | None:
+        """The runner's exit status (negative: killed by that signal), or None while it runs;
+        it is not reaped, so its process group id cannot be reused before `close`."""
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        try:
+            info = os.waitid(os.P_PID, self.process.pid, flags)
+        except ChildProcessError:
+            return -1
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def close(self) -> None:
+        """SIGKILL the runner's process group, reap the runner, close the pipes."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        for fd in (self.requests, self.replies):
+            try:
+                os.close(fd)
+            except OSError:
                 pass
-    return stdout or ""
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def _ms(seconds: float) -> int:
+    """poll()'s timeout, rounded up so that a wait never ends before its deadline."""
+    return max(1, int(seconds * 1000) + 1)

@@ -1,15 +1,19 @@
-"""`code_tests`: completions' Python run against assert and stdin/stdout tests in a subprocess."""
+"""`code_tests`: completions' Python run in a confined subprocess against assert and stdin/stdout
+tests that stay in this process (the attacks are in tests/adversarial/test_forgery.py)."""
 
 import time
 
 import pytest
 
 from reward.code_exec import code_tests, extract_code
+from reward.isolation import missing_for_strict
 
 ADD_TESTS = {"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]}
 
 
 def run(completion: str, row: dict, **kwargs) -> float:
+    # best_effort: these tests are about scoring, and must pass on kernels without Landlock.
+    kwargs.setdefault("isolation", "best_effort")
     return code_tests(completion, prompt="", answer="", row=row, **kwargs)
 
 
@@ -24,10 +28,24 @@ def test_assert_tests_score_the_fraction_passed():
     assert run(completion, ADD_TESTS) == pytest.approx(2 / 3)  # the third test is wrong on purpose
 
 
+def test_all_or_nothing():
+    completion = "def add(a, b):\n    return a + b\n"
+    assert run(completion, ADD_TESTS, all_or_nothing=True) == 0.0
+    assert run(completion, {"tests": ADD_TESTS["tests"][:2]}, all_or_nothing=True) == 1.0
+
+
 def test_stdin_stdout_tests_and_json_string_field():
     row = {"cases": '[{"input": "2 3\\n", "output": "5\\n"}, {"input": "1 1", "output": "3"}]'}
     completion = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
     assert run(completion, row, tests_field="cases") == 0.5
+
+
+def test_stdin_programs_must_exit_cleanly_and_print_little():
+    case = {"tests": [{"input": "", "output": "1"}]}
+    assert run("import sys\nprint(1)\nsys.exit(0)", case) == 1.0
+    assert run("print(1)\nraise ValueError", case) == 0.0  # a crash after the right output
+    assert run("import sys\nprint(1)\nsys.exit(3)", case) == 0.0
+    assert run("print(1)\nprint('x' * 2**21)", case) == 0.0  # over MAX_OUTPUT_BYTES
 
 
 def test_broken_code_is_a_wrong_answer_not_a_failure():
@@ -44,6 +62,17 @@ def test_a_hanging_test_times_out_alone():
     assert time.monotonic() - t0 < 4
 
 
+def test_the_whole_call_is_bounded_when_everything_hangs():
+    # SIGALRM ignored: every test and every case ends at the judge's deadline, not the code's.
+    hang = "import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+    t0 = time.monotonic()
+    assert run(hang + "def add(a, b):\n    time.sleep(60)\n", ADD_TESTS, per_test_s=0.5) == 0.0
+    assert run(hang + "time.sleep(60)\n", ADD_TESTS, per_test_s=0.5) == 0.0  # the top level
+    cases = {"tests": [{"input": "", "output": "1"}] * 3}
+    assert run(hang + "time.sleep(60)\n", cases, per_test_s=0.5) == 0.0
+    assert time.monotonic() - t0 < 3 * (0.5 * 4 + 5)
+
+
 def test_memory_bomb_fails_its_test():
     code = "def add(a, b):\n    x = bytearray(2**31)\n    return a + b\n"
     assert run(code, ADD_TESTS, memory_mb=256) == 0.0
@@ -52,3 +81,16 @@ def test_memory_bomb_fails_its_test():
 def test_rows_without_tests_are_a_data_error():
     with pytest.raises(ValueError, match="row field 'tests' holds no list of tests"):
         run("x = 1", {"other": 1})
+    with pytest.raises(ValueError, match="only strings"):
+        run("x = 1", {"tests": ["assert True", {"input": "", "output": ""}]})
+    with pytest.raises(ValueError, match="kwargs.isolation"):
+        run("x = 1", ADD_TESTS, isolation="paranoid")
+
+
+def test_strict_isolation_runs_or_says_what_is_missing():
+    code = "def add(a, b):\n    return a + b\n"
+    if missing_for_strict():
+        with pytest.raises(RuntimeError, match="best_effort"):
+            run(code, ADD_TESTS, isolation="strict")
+    else:
+        assert run(code, ADD_TESTS, isolation="strict") == pytest.approx(2 / 3)
