@@ -4,9 +4,10 @@ Guarantees: pure tensor functions (no Ray, DeepSpeed or config imports); every e
 rewards and a validity mask of shape [P, G] (P prompts, G samples each) and returns [P, G];
 invalid samples (a failed reward) get advantage 0 and never enter a mean or a std; a group with
 fewer than two valid samples has no baseline and gets 0. `ADVANTAGE_ESTIMATORS` maps the
-config's `algorithm.advantage_estimator` names to these functions. Not covered: per-token
-advantages (outcome rewards only; the per-token KL penalty is folded into the sequence reward
-before this step, see `learner/losses.py`).
+config's `algorithm.advantage_estimator` names to these functions; a group whose valid rewards
+are all equal gets exactly 0 from every estimator (before batch whitening). Not covered:
+per-token advantages (outcome rewards only; a KL penalty in the reward is folded into the
+sequence reward before this step).
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ STD_NORMALIZATIONS = ("group", "batch", "none")
 
 
 def _group_stats(rewards: torch.Tensor, valid: torch.Tensor):
-    """Per-group valid count [P, 1], mean [P, 1] and sample std [P, 1] (Bessel-corrected)."""
+    """Per-group valid count [P, 1], mean [P, 1], sample std [P, 1] (Bessel-corrected) and
+    whether the group has a learning signal [P, 1]: two or more valid samples whose rewards
+    differ. The spread is decided exactly (max > min): the float mean of equal fractional
+    rewards (0.1, 1/3) is off by an ulp, which would give the group a std of about 1e-8 and
+    every sample the same-signed advantage."""
     count = valid.sum(dim=1, keepdim=True)  # [P, 1]
     mean = (rewards * valid).sum(dim=1, keepdim=True) / count.clamp(min=1)  # [P, 1]
     sq_dev = ((rewards - mean) * valid) ** 2  # [P, G]
     std = (sq_dev.sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()  # [P, 1]
-    return count, mean, std
+    kept = valid > 0  # [P, G]
+    high = torch.where(kept, rewards, -torch.inf).amax(dim=1, keepdim=True)  # [P, 1]
+    low = torch.where(kept, rewards, torch.inf).amin(dim=1, keepdim=True)  # [P, 1]
+    signal = (count > 1) & (high > low)  # [P, 1]
+    return count, mean, std, signal
 
 
 def _sample_std(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -44,12 +53,11 @@ def grpo_advantages(
     A_i = (r_i - mean(r_group)) / (std + eps), with std the sample std of the group's rewards
     (`group`, the paper), of the whole batch's rewards (`batch`, as TRL's scale_rewards="batch";
     Hu et al. argue it is less biased than the group std), or no division at all (`none`,
-    Dr. GRPO). A group whose valid rewards are all equal gets 0 (with `group` it would be 0/eps)."""
+    Dr. GRPO). A group whose valid rewards are all equal gets exactly 0."""
     if std_normalization not in STD_NORMALIZATIONS:
         raise ValueError(f"std_normalization={std_normalization!r}: use {STD_NORMALIZATIONS}")
     valid = valid.to(rewards.dtype)
-    count, mean, group_std = _group_stats(rewards, valid)
-    signal = (count > 1) & (group_std > 0)  # [P, 1]
+    _, mean, group_std, signal = _group_stats(rewards, valid)
     centered = torch.where(signal, rewards - mean, 0.0) * valid  # [P, G]
     if std_normalization == "group":
         return centered / torch.where(signal, group_std + eps, 1.0)
@@ -69,9 +77,9 @@ def rloo_advantages(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     other samples of its group, A_i = r_i - (sum_j r_j - r_i) / (n - 1) = n / (n - 1) *
     (r_i - mean), with n the group's valid samples."""
     valid = valid.to(rewards.dtype)
-    count, mean, _ = _group_stats(rewards, valid)  # [P, 1]
+    count, mean, _, signal = _group_stats(rewards, valid)  # [P, 1]
     scale = count / (count - 1).clamp(min=1)  # [P, 1]
-    return torch.where(count > 1, scale * (rewards - mean), 0.0) * valid  # [P, G]
+    return torch.where(signal, scale * (rewards - mean), 0.0) * valid  # [P, G]
 
 
 def reinforce_pp_baseline_advantages(

@@ -69,3 +69,22 @@ def test_table_lists_every_estimator_and_rejects_unknown_names():
         adv("ppo", [[1.0, 0.0]])
     with pytest.raises(ValueError, match="std_normalization"):
         grpo_advantages(torch.zeros(1, 2), torch.ones(1, 2), std_normalization="rank")
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 0.7, -0.45, 1e-3])
+def test_equal_fractional_rewards_give_exactly_zero(estimator, value):
+    # float32 mean of equal fractional rewards is off by an ulp (8 x 0.1 sums to 0.80000001);
+    # without an exact spread check the group std is ~1e-8 and every advantage ~ +-0.01 to 0.1.
+    rewards = torch.full((2, 8), value, dtype=torch.float32)
+    rewards[1, 3] = value + 0.5  # a group with spread beside it still gets its advantages
+    valid = torch.ones_like(rewards)
+    out = compute_advantages(estimator, rewards, valid, eps=1e-6)
+    assert torch.equal(out[0], torch.zeros(8))
+    assert out[1].abs().max() > 0.1
+
+
+def test_an_all_truncated_group_under_a_fractional_overlong_factor_gets_zero():
+    # every sample of the group shaped to the same -0.3 penalty: no signal, exactly 0
+    rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0]]) - 0.3
+    assert torch.equal(grpo_advantages(rewards, torch.ones_like(rewards)), torch.zeros(1, 4))
