@@ -29,11 +29,20 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.connection import wait
 
 from reward.isolation import Policy
 from reward.scoring import Outcome
-from reward.worker import MAX_REPLY_BYTES, Limits, MalformedReply, Task, decode_reply, worker_main
+from reward.worker import (
+    MAX_REPLY_BYTES,
+    SAFE_ENVIRONMENT,
+    Limits,
+    MalformedReply,
+    Task,
+    decode_reply,
+    worker_main,
+)
 
 START_TIMEOUT_S = 120.0
 """How long a new worker may take to load the reward functions."""
@@ -70,8 +79,10 @@ class Sandbox:
         sources: dict[str, str] | None = None,
         policy: Policy | None = None,
     ):
+        granted = {name for d in function_configs for name in d.get("env") or ()}
+        granted_env = {k: v for k, v in os.environ.items() if k in granted}
         self.args = (function_configs, str(base_dir), limits or Limits(), sources or {},
-                     policy or Policy(untrusted_code=False))  # fmt: skip
+                     policy or Policy(untrusted_code=False), granted_env)  # fmt: skip
         self.layers: list[str] = []
         """The isolation layers the workers reported active."""
         self.timeout_s = timeout_s
@@ -129,9 +140,14 @@ class Sandbox:
         self.close()
 
     def _start(self) -> _Worker:
+        _forkserver_without_secrets()
         parent, child = self.ctx.Pipe()
         process = self.ctx.Process(target=worker_main, args=(child, *self.args), daemon=True)
-        process.start()
+        try:
+            process.start()
+        except OSError:  # the forkserver died under us: start a new one and try once more
+            _forkserver_without_secrets()
+            process.start()
         child.close()  # the parent keeps only its end, so a dead worker reads as EOF
         return _Worker(process, parent, started=time.monotonic())
 
@@ -209,6 +225,21 @@ class Sandbox:
             pending.extendleft(reversed(w.inflight))
         self.replaced += 1
         return self._start()
+
+
+def _forkserver_without_secrets() -> None:
+    """Start this process's forkserver (and resource tracker), if not running, with only
+    `SAFE_ENVIRONMENT`: the environment a process starts with stays readable in
+    /proc/<pid>/environ whatever it deletes later, and every worker is forked from this one."""
+    saved = dict(os.environ)
+    try:
+        for name in saved:
+            if name not in SAFE_ENVIRONMENT:
+                del os.environ[name]
+        forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _kill(w: _Worker) -> None:

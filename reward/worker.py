@@ -59,12 +59,18 @@ def worker_main(
     limits: Limits,
     sources: dict[str, str],
     policy: Policy,
+    granted_env: dict[str, str],
 ) -> None:
     """Serve tasks from `conn` until it closes: receive a list of `Task`s, send back one JSON
     reply per task. First sends `{"ready": [active isolation layers]}`, or `{"load_error":
-    message}` if the functions cannot be loaded or the isolation `policy` cannot be applied."""
+    message}` if the functions cannot be loaded or the isolation `policy` cannot be applied.
+    `granted_env`: the variables the functions are granted (`env`), with their values."""
     os.setsid()
     _die_with_parent()
+    # Descriptors inherited from the forkserver (its liveness pipe, the resource tracker's
+    # pipe) would let reward code stop the forkserver or make the tracker unlink files.
+    os.closerange(3, conn.fileno())
+    os.closerange(conn.fileno() + 1, _max_fd())
     try:
         cfgs = [from_dict(RewardFunctionConfig, d, prefix=f"reward.functions[{i}].")
                 for i, d in enumerate(function_configs)]  # fmt: skip
@@ -72,7 +78,7 @@ def worker_main(
         _limit_memory(limits.memory_limit_mb)
         _limit_processes(limits.max_processes)
         scratch = tempfile.mkdtemp(prefix="cohort-reward-")
-        _keep_environment({name for cfg in cfgs for name in cfg.env})
+        _keep_environment(granted_env)
         os.environ["TMPDIR"] = tempfile.tempdir = scratch
         layers = confine(replace(policy, write_dir=scratch))
     except Exception as e:
@@ -111,12 +117,19 @@ SAFE_ENVIRONMENT = (
 """Variables a worker keeps besides those its functions list in `env`: none holds a secret."""
 
 
-def _keep_environment(granted: set[str]) -> None:
-    """Remove every environment variable but `SAFE_ENVIRONMENT` and `granted` (tokens, keys
-    and cluster addresses of the run stay out of reach of reward code)."""
+def _keep_environment(granted: dict[str, str]) -> None:
+    """Remove every environment variable but `SAFE_ENVIRONMENT`, then set `granted` (tokens,
+    keys and cluster addresses of the run stay out of reach of reward code; the forkserver
+    itself starts with a clean environment, so /proc/self/environ holds none either)."""
     for name in list(os.environ):
-        if name not in SAFE_ENVIRONMENT and name not in granted:
+        if name not in SAFE_ENVIRONMENT:
             del os.environ[name]
+    os.environ.update(granted)
+
+
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 65536
 
 
 def encode_reply(task_id: int, outcomes: list[Outcome]) -> bytes:
