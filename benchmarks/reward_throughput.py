@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.records import Group, Prompt, Sample  # noqa: E402
 from reward.actor import RewardActor  # noqa: E402
 from reward.builtin import math_answer  # noqa: E402
 from reward.functions import RewardFunction  # noqa: E402
 from reward.scoring import score_groups  # noqa: E402
-from rollout.records import Group, Prompt, Sample  # noqa: E402
 
 GROUP_SIZE = 8
 

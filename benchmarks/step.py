@@ -66,9 +66,9 @@ def step_prompts(overrides: list[str], steps: int) -> list[list[list[int]]]:
     """The token ids of each step's prompts, as the run draws them."""
     from transformers import AutoTokenizer
 
-    from cluster.config import load_config
     from cluster.data import PromptStream, load_datasets
     from cluster.models import resolve_model
+    from core.config import load_config
 
     cfg = load_config("configs/demo.yaml", overrides)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.path))
@@ -81,8 +81,8 @@ def step_prompts(overrides: list[str], steps: int) -> list[list[list[int]]]:
 
 def raw_vllm(overrides: list[str], prompts: list[list[list[int]]], out: Path) -> None:
     """The rollout engine's vLLM `LLM`, same settings and core binding, called directly."""
-    from cluster.config import load_config, parse_cores
     from cluster.models import resolve_model
+    from core.config import load_config, parse_cores
     from rollout.actor import engine_env
 
     cfg = load_config("configs/demo.yaml", overrides)
@@ -119,8 +119,8 @@ def raw_deepspeed(overrides: list[str], batches: list, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cluster.config import load_config, parse_cores
     from cluster.models import resolve_model
+    from core.config import load_config, parse_cores
     from learner.batch import FlatSample, collate
 
     cfg = load_config("configs/demo.yaml", overrides)

@@ -22,7 +22,7 @@ Run from the repository root:
 
     /tmp/trl-venv/bin/python benchmarks/trl_step.py --steps 3
 
-It imports only Cohort's light modules (`cluster.config`, `cluster.data`, `cluster.models`:
+It imports only Cohort's light modules (`core.config`, `cluster.data`, `cluster.models`:
 pyyaml and transformers) to build the same prompts. Each optimizer step (generation, reward,
 forward/backward of every micro-batch, optimizer step) is timed from the trainer's
 `on_step_begin` to its `on_step_end`; the first step is a warm-up and is not counted. It
@@ -68,9 +68,9 @@ def demo_prompts(config: str) -> tuple[str, list, int]:
     (first epoch), and the seed."""
     from transformers import AutoTokenizer
 
-    from cluster.config import load_config
     from cluster.data import PromptStream, load_datasets
     from cluster.models import resolve_model
+    from core.config import load_config
 
     cfg = load_config(config)
     try:

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cluster.config import ConfigError
+from core.config import ConfigError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

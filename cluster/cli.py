@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.config import ConfigError, documented_yaml, load_config
+from core.config import ConfigError, documented_yaml, load_config
 
 COMMANDS = {
     "train": ("run a GRPO experiment from a YAML config", """examples:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_config(args) -> int:
     if args.reference:
-        from cluster.reference import config_reference
+        from cluster.config_docs import config_reference
 
         print(config_reference(), end="")
         return 0
@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
     secure_local_defaults(cfg)  # before the driver imports ray
     from cluster.data import DataError
     from cluster.driver import train
-    from cluster.health import RunStopped
+    from core.errors import RunStopped
 
     try:
         train(cfg)

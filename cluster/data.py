@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config import DataConfig, DataSourceConfig
-from rollout.records import Prompt
+from core.config import DataConfig, DataSourceConfig
+from core.records import Prompt
 
 
 class DataError(ValueError):

@@ -16,9 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from cluster import checkpoint, faults
+from cluster import checkpoint
 from cluster.checkpoint import find_resume_point
-from cluster.config import Config, dump_yaml, reward_function_name
 from cluster.data import PromptStream, load_datasets, steps_for_epochs
 from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, accuracy, rollout_metrics
@@ -26,12 +25,14 @@ from cluster.models import resolve_model
 from cluster.overlap import BatchSource
 from cluster.placement import report, reserve
 from cluster.ray_setup import connect_ray
+from core import faults
+from core.config import Config, dump_yaml, reward_function_name
+from core.records import Prompt
 from learner.group import LearnerGroup
 from learner.weight_push import make_transport
 from reward.pool import RewardPool
 from reward.scoring import reward_metrics
 from rollout.pool import RolloutPool
-from rollout.records import Prompt
 
 
 def create_run_dir(cfg: Config) -> Path:

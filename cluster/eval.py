@@ -20,7 +20,7 @@ import math
 import time
 from pathlib import Path
 
-from cluster.config import Config, load_config
+from core.config import Config, load_config
 from reward.failures import FAILURES_LOG, append_failures
 
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from cluster import checkpoint
-from cluster.config import load_config
+from core.config import load_config
 
 
 def find_run(path: str | Path) -> Path:

@@ -20,14 +20,11 @@ from contextlib import contextmanager
 import ray
 from ray.exceptions import RayActorError
 
-from cluster import faults
-from cluster.config import Config
+from core import faults
+from core.config import Config
+from core.errors import RunStopped
 
 MAX_RETRIES = 2
-
-
-class RunStopped(RuntimeError):
-    """The run cannot go on; the message says why and how to continue."""
 
 
 @contextmanager

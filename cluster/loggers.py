@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
-from cluster.config import Config, to_dict
+from core.config import Config, to_dict
 
 
 class MetricSink(Protocol):

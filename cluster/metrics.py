@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.loggers import numeric
-from rollout.records import Group
+from core.records import Group
 
 
 class PhaseTimer:

@@ -22,13 +22,13 @@ import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from cluster.config import Config
 from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
 from cluster.rollout_batch import TrainingBatch, sample_batch
+from core.config import Config
+from core.records import Group, Prompt, Sample
 from learner.shaping import ShapedBatch
 from reward.scoring import Score
-from rollout.records import Group, Prompt, Sample
 
 PENDING = "pending_batch.json"
 

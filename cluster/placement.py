@@ -21,7 +21,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.config import Config
+from core.config import Config
 
 READY_TIMEOUT_S = 180
 

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from cluster.config import Config
+from core.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.config import Config
 from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
+from core.config import Config
+from core.records import Group
 from learner.shaping import ShapedBatch, is_informative, select_groups, shape_rewards
 from reward.scoring import Score
-from rollout.records import Group
 
 
 @dataclass

@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from cluster import faults
-from cluster.config import Config, parse_cores
+from core import faults
+from core.config import Config, parse_cores
+from core.records import Group
 from learner import grpo, losses
 from learner.advantages import compute_advantages
 from learner.batch import BatchPlan, FlatSample, MicroBatch, collate, flatten
-from rollout.records import Group
 
 
 def _zero_source_class():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rollout.records import Group
+from core.records import Group
 
 
 @dataclass

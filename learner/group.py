@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from cluster.config import Config
+from core.config import Config
 from learner.actor import LearnerActor
 
 

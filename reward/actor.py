@@ -16,13 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cluster.config import RewardFunctionConfig, from_dict
+from core.config import RewardFunctionConfig, from_dict
+from core.records import Group
 from reward.functions import load_reward_functions
 from reward.isolation import Policy
 from reward.sandbox import Sandbox
 from reward.scoring import ON_FAILURE, CallInput, Outcome, Score, combine
 from reward.worker import Limits, Task
-from rollout.records import Group
 
 
 class RewardActor:

@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from core.records import Group
 from reward.scoring import Score
-from rollout.records import Group
 
 FAILURES_LOG = "reward_failures.jsonl"
 """File name of the failures log in the run directory."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config import ConfigError, RewardFunctionConfig, reward_function_name
+from core.config import ConfigError, RewardFunctionConfig, reward_function_name
 from reward.builtin import BUILTIN, BUILTIN_RANGES
 
 USER_RANGE_DEFAULT = (-1e6, 1e6)
@@ -35,7 +35,7 @@ class RewardFunction:
     """One resolved reward function with its weight and fixed keyword arguments."""
 
     name: str
-    """Name used in metrics and errors (`cluster.config.reward_function_name`)."""
+    """Name used in metrics and errors (`core.config.reward_function_name`)."""
     weight: float
     kwargs: dict[str, Any]
     """Passed to `fn` on every call (`reward.functions[i].kwargs`)."""

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import ray
 
-from cluster.config import RewardConfig
-from cluster.health import RunStopped
-from cluster.sharding import replace_dead, split_contiguous
+from core.config import RewardConfig
+from core.errors import RunStopped
+from core.pools import replace_dead, split_contiguous
+from core.records import Group
 from reward.actor import RewardActor
 from reward.failures import FAILURES_LOG, append_failures, failure_rate_error, failure_records
 from reward.functions import read_sources, source_hashes
 from reward.scoring import Score
-from rollout.records import Group
 
 SOURCES_FILE = "reward_sources.json"
 """File in the run directory with the SHA-256 of each user reward file as the run read it."""

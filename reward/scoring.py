@@ -27,8 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.records import Group, Prompt, Sample
 from reward.functions import RewardFunction
-from rollout.records import Group, Prompt, Sample
 
 ON_FAILURE = ("exclude", "score")
 KINDS = ("exception", "timeout", "crash", "invalid")

@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cluster.config import RewardFunctionConfig, from_dict
+from core.config import RewardFunctionConfig, from_dict
 from reward.functions import load_reward_functions
 from reward.isolation import Policy, confine
 from reward.scoring import KINDS, MAX_PARTS, CallInput, Outcome, call_batched, call_function

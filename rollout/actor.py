@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
-from cluster.config import Config, parse_cores
-from rollout.records import Group, Prompt, Sample
+from core.config import Config, parse_cores
+from core.records import Group, Prompt, Sample
 
 
 def engine_env(cfg: Config, engine_index: int = 0) -> dict[str, str]:

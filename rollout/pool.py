@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ray
 
-from cluster.config import Config
-from cluster.sharding import replace_dead, split_contiguous
+from core.config import Config
+from core.pools import replace_dead, split_contiguous
+from core.records import Group, Prompt
 from rollout.actor import RolloutActor, engine_env
-from rollout.records import Group, Prompt
 
 
 class RolloutPool:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from core.records import Group, Prompt, Sample
 from reward.isolation import probe
-from rollout.records import Group, Prompt, Sample
 
 SECRET_VAR = "COHORT_TEST_SECRET"
 SECRET = f"cohort-secret-{uuid.uuid4().hex}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from cluster.config import RewardFunctionConfig, from_dict
+from core.config import RewardFunctionConfig, from_dict
 from reward.actor import RewardActor
 from reward.functions import read_sources
 from reward.scoring import reward_metrics

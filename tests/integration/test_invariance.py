@@ -11,7 +11,7 @@ change of one step is exactly minus the gradient.
 import pytest
 import torch
 
-from cluster.config import load_config
+from core.config import load_config
 from learner.group import LearnerGroup
 from tests.integration.test_learner import batch, params
 

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from cluster.config import load_config
+from core.config import load_config
+from core.records import Group, Prompt, Sample
 from learner.group import LearnerGroup
-from rollout.records import Group, Prompt, Sample
 
 pytestmark = pytest.mark.integration
 

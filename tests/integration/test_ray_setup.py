@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 PROBE = """
 import urllib.error, urllib.request
-from cluster.config import load_config
+from core.config import load_config
 from cluster.ray_setup import connect_ray, secure_local_defaults
 cfg = load_config("configs/smoke.yaml", [])
 secure_local_defaults(cfg)  # as the CLI does, before ray is imported

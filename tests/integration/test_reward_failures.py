@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from cluster.config import RewardConfig, RewardFunctionConfig
-from cluster.health import RunStopped
+from core.config import RewardConfig, RewardFunctionConfig
+from core.errors import RunStopped
+from core.records import Group, Prompt, Sample
 from reward.pool import RewardFailureRateExceeded, RewardPool
-from rollout.records import Group, Prompt, Sample
 
 pytestmark = pytest.mark.integration
 

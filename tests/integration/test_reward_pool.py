@@ -3,9 +3,9 @@
 import pytest
 import ray
 
-from cluster.config import RewardConfig, RewardFunctionConfig
+from core.config import RewardConfig, RewardFunctionConfig
+from core.records import Group, Prompt, Sample
 from reward.pool import RewardPool
-from rollout.records import Group, Prompt, Sample
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ found that vLLM's CPU engine kept a packed copy of the old tied output head afte
 import pytest
 from transformers import AutoTokenizer
 
-from cluster.config import load_config
+from core.config import load_config
+from core.records import Prompt
 from learner.group import LearnerGroup
 from learner.weight_push import make_transport
 from reward.pool import RewardPool
 from rollout.pool import RolloutPool
-from rollout.records import Prompt
 
 pytestmark = pytest.mark.integration
 

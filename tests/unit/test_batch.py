@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
+from core.records import Group, Prompt, Sample
 from learner.batch import BatchPlan, FlatSample, collate, flatten
-from rollout.records import Group, Prompt, Sample
 
 
 def test_collate_aligns_targets_and_completion_mask():

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from cluster import checkpoint, faults
+from cluster import checkpoint
+from core import faults
 
 
 def write(run, step, payload=b"weights", keep=2):

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import yaml
 
-from cluster.config import Config, ConfigError, documented_yaml, field_docs, load_config
+from core.config import Config, ConfigError, documented_yaml, field_docs, load_config
 
 
 def all_dataclasses(cls, seen=None):

@@ -5,8 +5,8 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from cluster.config import DataConfig, DataSourceConfig
 from cluster.data import DataError, PromptStream, arithmetic_rows, load_prompts
+from core.config import DataConfig, DataSourceConfig
 
 
 @pytest.fixture(scope="module")

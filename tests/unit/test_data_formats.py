@@ -11,8 +11,8 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from cluster.config import DataConfig, DataSourceConfig
 from cluster.data import DataError, LoadReport, PromptStream, load_datasets, load_prompts
+from core.config import DataConfig, DataSourceConfig
 
 FORMATS = ["jsonl", "csv", "parquet", "hf"]
 GOOD = [
@@ -288,8 +288,8 @@ def test_unshuffled_stream_keeps_file_order(tok):
 
 
 def test_epochs_set_the_number_of_steps():
-    from cluster.config import ConfigError, load_config
     from cluster.data import steps_for_epochs
+    from core.config import ConfigError, load_config
 
     cfg = load_config("configs/smoke.yaml", ["data.epochs=2"])  # 64 prompts, 8 per step
     assert steps_for_epochs(cfg, 64) == 16 and steps_for_epochs(cfg, 60) == 15

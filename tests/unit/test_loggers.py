@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from cluster.config import load_config
 from cluster.metrics import MetricsLog, format_short, progress_mode
+from core.config import load_config
 
 ROWS = [
     {"step": 0, "eval/accuracy": 0.25, "time/eval": 1.0},

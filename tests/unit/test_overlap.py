@@ -6,12 +6,12 @@ import math
 import threading
 import time
 
-from cluster.config import load_config
 from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
 from cluster.overlap import PENDING, BatchSource, batch_from_dict
+from core.config import load_config
+from core.records import Group, Prompt, Sample
 from reward.scoring import Score
-from rollout.records import Group, Prompt, Sample
 
 
 class FakeEngines:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cluster.config import load_config
 from cluster.placement import PlacementError, check_resources, demands
+from core.config import load_config
 
 
 def cfg(*overrides):
@@ -60,7 +60,7 @@ def test_colocated_engines_share_the_learner_bundles():
     ],
 )
 def test_gpu_only_settings_are_refused_with_the_key(overrides, key):
-    from cluster.config import ConfigError
+    from core.config import ConfigError
 
     with pytest.raises(ConfigError, match=key):
         cfg(*overrides)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cluster.cli import main
-from cluster.config import load_config
+from core.config import load_config
 
 RECIPES = sorted(Path("configs").glob("*.yaml"))
 

@@ -1,7 +1,9 @@
 """`code_tests`: completions' Python run in a confined subprocess against assert and stdin/stdout
 tests that stay in this process (the attacks are in tests/adversarial/test_forgery.py)."""
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +48,47 @@ def test_stdin_programs_must_exit_cleanly_and_print_little():
     assert run("print(1)\nraise ValueError", case) == 0.0  # a crash after the right output
     assert run("import sys\nprint(1)\nsys.exit(3)", case) == 0.0
     assert run("print(1)\nprint('x' * 2**21)", case) == 0.0  # over MAX_OUTPUT_BYTES
+
+
+def test_programs_end_as_python_ends_them():
+    # Runners skip the interpreter's teardown (os._exit); what the end of a script does remains.
+    code = (
+        "import atexit, threading, time\n"
+        "class Last:\n"
+        "    def __del__(self):\n"
+        "        print('teardown')\n"
+        "def late():\n"
+        "    time.sleep(0.05)\n"
+        "    print('thread')\n"
+        "keep = Last()\n"
+        "threading.Thread(target=late).start()\n"
+        "atexit.register(print, 'atexit')\n"
+        "print(input())\n"
+    )
+    case = {"tests": [{"input": "main\n", "output": "main\nthread\natexit\nteardown\n"}]}
+    assert run(code, case) == 1.0
+    assert run("import sys\nsys.exit(256)", {"tests": [{"input": "", "output": ""}]}) == 1.0
+
+
+def test_no_process_is_left_to_reap():
+    # A runner killed before the program it forked leaves that program to this process.
+    before = zombie_children()
+    for _ in range(3):
+        assert run("def add(a, b):\n    return a + b\n", ADD_TESTS) == pytest.approx(2 / 3)
+        run("print(1)", {"tests": [{"input": "", "output": "1"}]})
+    assert zombie_children() - before == set()
+
+
+def zombie_children() -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            found.add(int(stat.parent.name))
+    return found
 
 
 def test_broken_code_is_a_wrong_answer_not_a_failure():

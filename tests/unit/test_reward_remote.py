@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from core.records import Group, Prompt, Sample
 from reward.actor import RewardActor
 from reward.remote_rm import RemoteRewardError, remote_rm
-from rollout.records import Group, Prompt, Sample
 
 
 class Handler(BaseHTTPRequestHandler):

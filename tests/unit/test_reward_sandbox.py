@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from core.records import Group, Prompt, Sample
 from reward.actor import RewardActor
 from reward.failures import append_failures, failure_records
 from reward.scoring import Score, reward_metrics
-from rollout.records import Group, Prompt, Sample
 
 TIMEOUT_S = 1.5
 MARGIN_S = 2.5  # process replacement and a loaded 2-core machine

@@ -4,12 +4,12 @@ import math
 
 import pytest
 
-from cluster.config import ConfigError, RewardFunctionConfig
-from cluster.sharding import split_contiguous
+from core.config import ConfigError, RewardFunctionConfig
+from core.pools import split_contiguous
+from core.records import Group, Prompt, Sample
 from reward.actor import RewardActor
 from reward.functions import RewardFunction, load_reward_function, load_reward_functions
 from reward.scoring import Score, reward_metrics, score_groups, score_sample
-from rollout.records import Group, Prompt, Sample
 
 
 def sample(text: str) -> Sample:

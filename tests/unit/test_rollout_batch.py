@@ -1,12 +1,12 @@
 """`sample_batch`: generation rounds of DAPO dynamic sampling, with stand-in pools (the real
 pools are exercised by the end-to-end tests)."""
 
-from cluster.config import load_config
 from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
 from cluster.rollout_batch import sample_batch
+from core.config import load_config
+from core.records import Group, Prompt, Sample
 from reward.scoring import Score
-from rollout.records import Group, Prompt, Sample
 
 
 class FakeRollout:

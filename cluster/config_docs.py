@@ -11,11 +11,11 @@ import dataclasses
 
 import yaml
 
-from cluster.config import Config, field_docs
+from core.config import Config, field_docs
 
 HEADER = """# Config reference
 
-Generated from the docstrings in `cluster/config.py` by `cohort config --reference > docs/config.md`
+Generated from the docstrings in `core/config.py` by `cohort config --reference > docs/config.md`
 (do not edit by hand; `tests/unit/test_cli_commands.py` checks it is up to date). Any key can be set
 in the YAML file or overridden on the command line: `cohort train CONFIG section.key=value`.
 `cohort config CONFIG` prints a config resolved with these defaults.

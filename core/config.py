@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
+from core.errors import ConfigError
+
 
 def parse_cores(spec: str) -> list[int]:
     """`"0,2-3"` -> [0, 2, 3]; empty -> []. Raises ValueError on anything else."""
@@ -32,9 +34,6 @@ def parse_cores(spec: str) -> list[int]:
         cores += range(int(lo), int(hi or lo) + 1)
     return cores
 
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the dotted key, the value and what to do."""
 
 
 @dataclass
@@ -335,7 +334,7 @@ class TrainerConfig:
     fault_injection: str = ""
     """Testing hook: comma-separated faults, e.g. `kill@train:3` (SIGKILL the driver during step
     3's train phase), `nan_loss@2`, `disk_full@checkpoint:2`, `kill_rollout@3`,
-    `kill_reward@3`, `kill_learner@3` (see cluster/faults.py). Empty in real runs."""
+    `kill_reward@3`, `kill_learner@3` (see core/faults.py). Empty in real runs."""
     mode: Literal["sync", "one_step_off", "async"] = "sync"
     """`sync`: generate, score, train, push, in turn (on-policy). `one_step_off`: the engines
     generate step t+1's batch while the learner trains on step t, so each batch is sampled by
