@@ -37,6 +37,8 @@ test-fast: $(STAMP) lint
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	@# The layers: core <- rollout | reward | learner <- cluster (pyproject.toml).
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -25,11 +25,11 @@ from cluster.models import resolve_model
 from cluster.overlap import BatchSource
 from cluster.placement import report, reserve
 from cluster.ray_setup import connect_ray
+from cluster.transport import make_transport, resolve_transport
 from core import faults
 from core.config import Config, dump_yaml, reward_function_name
 from core.records import Prompt
 from learner.group import LearnerGroup
-from learner.weight_push import make_transport
 from reward.pool import RewardPool
 from reward.scoring import reward_metrics
 from rollout.pool import RolloutPool
@@ -68,7 +68,7 @@ def train(cfg: Config) -> Path:
 
     run_id = run_dir.name
     placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
-    rollout = RolloutPool(cfg, model_path, run_id, placement)
+    rollout = RolloutPool(cfg, model_path, run_id, placement, resolve_transport(cfg))
     rewards = RewardPool(cfg.reward, base_dir=Path.cwd(), num_cpus=cfg.cluster.reward_cpus,
                          run_id=run_id, resources=cfg.cluster.reward_resources,
                          run_dir=run_dir)  # fmt: skip
@@ -102,7 +102,7 @@ def train(cfg: Config) -> Path:
             if cfg.cluster.offload_learner:
                 learner.reload_states()
         with timer("train"), faults_during("train", t.fault_injection, step):
-            train_metrics = health.train(batch.groups, batch.shaped.rewards, batch.shaped.valid)
+            train_metrics = health.train(batch.scored)
         if cfg.cluster.colocate:
             rollout.wake_up()
         batches.wait_idle(timer)  # the engines finish the batch generated ahead first

@@ -23,6 +23,7 @@ from ray.exceptions import RayActorError
 from core import faults
 from core.config import Config
 from core.errors import RunStopped
+from core.records import ScoredGroup
 
 MAX_RETRIES = 2
 
@@ -97,13 +98,13 @@ class Health:
             print(f"fault injection: killing reward actor 0 at step {self.step}", flush=True)
             ray.kill(self._raw_rewards.actors[0])
 
-    def train(self, groups, rewards, valid) -> dict[str, float]:
+    def train(self, batch: list[ScoredGroup]) -> dict[str, float]:
         """The learner's update, counting steps it skipped for non-finite values."""
         if faults.due(self.cfg.trainer.fault_injection, "kill_learner", self.step):
             print(f"fault injection: killing learner rank 0 at step {self.step}", flush=True)
             ray.kill(self.learner.ranks[0])
         try:
-            metrics = self.learner.train(groups, rewards, valid, self.step)
+            metrics = self.learner.train(batch, self.step)
         except RayActorError as e:
             raise RunStopped(
                 f"a learner rank died during step {self.step} ({type(e).__name__}: {e}). The "

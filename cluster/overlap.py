@@ -26,9 +26,7 @@ from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
 from cluster.rollout_batch import TrainingBatch, sample_batch
 from core.config import Config
-from core.records import Group, Prompt, Sample
-from learner.shaping import ShapedBatch
-from reward.scoring import Score
+from core.records import Group, Prompt, Sample, Score, ScoredGroup
 
 PENDING = "pending_batch.json"
 
@@ -93,13 +91,14 @@ class BatchSource:
 def batch_from_dict(d: dict) -> TrainingBatch:
     """Inverse of `dataclasses.asdict` for a `TrainingBatch` (JSON in a checkpoint)."""
 
-    def group(g: dict) -> Group:
-        return Group(Prompt(**g["prompt"]), [Sample(**s) for s in g["samples"]])
+    def scored(sg: dict) -> ScoredGroup:
+        g = sg["group"]
+        group = Group(Prompt(**g["prompt"]), [Sample(**s) for s in g["samples"]])
+        scores = [Score(**s) for s in sg["scores"]]
+        return ScoredGroup(group, scores, sg["rewards"], sg["valid"], sg["penalties"])
 
     return TrainingBatch(
-        groups=[group(g) for g in d["groups"]],
-        shaped=ShapedBatch(**d["shaped"]),
-        generated_groups=[group(g) for g in d["generated_groups"]],
-        generated_scores=[[Score(**s) for s in row] for row in d["generated_scores"]],
+        scored=[scored(sg) for sg in d["scored"]],
+        generated=[scored(sg) for sg in d["generated"]],
         metrics=d["metrics"],
     )

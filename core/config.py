@@ -35,7 +35,6 @@ def parse_cores(spec: str) -> list[int]:
     return cores
 
 
-
 @dataclass
 class ModelConfig:
     path: str = "smollm2-135m-instruct"
@@ -138,7 +137,8 @@ class RolloutConfig:
 class RewardFunctionConfig:
     name: str = ""
     """A built-in reward function (`math_answer`, `exact_match`, `regex_match`, `format`,
-    `length`, `overlong`, `code_tests`, `remote_rm`; see docs/rewards.md); exclusive with `fn`."""
+    `length`, `code_tests`, `remote_rm`; see docs/rewards.md); exclusive with `fn`. The overlong
+    penalty is `algorithm.overlong_buffer`."""
     fn: str = ""
     """A user function as `path/to/file.py:function_name`; exclusive with `name`."""
     weight: float = 1.0

@@ -1,4 +1,9 @@
-"""Records the rollout side produces: one sampled completion, and a prompt's group of them."""
+"""The records that travel between actors: a prompt, a sampled completion, a prompt's group of
+them, a sample's score, and a group with its scores and the rewards the learner trains on.
+
+Plain dataclasses of plain data, so Ray moves them between processes cheaply and every package
+can read them without importing another.
+"""
 
 from __future__ import annotations
 
@@ -43,3 +48,43 @@ class Group:
 
     prompt: Prompt
     samples: list[Sample]
+
+
+@dataclass
+class Score:
+    """One sample's reward and how it was made."""
+
+    reward: float
+    """Weighted sum of the functions' scores (0.0 when `excluded`)."""
+    components: dict[str, float]
+    """Each function's raw (unweighted) score by name; NaN where that function failed. A function
+    that returns a dict adds its entries as `<fn>/<key>` (its score is their sum)."""
+    failed: bool = False
+    """Some function failed on this sample."""
+    excluded: bool = False
+    """Failed under `on_failure="exclude"`: the learner must leave this sample out."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Function name -> `"ExceptionType: message"` for each function that failed."""
+    kinds: dict[str, str] = field(default_factory=dict)
+    """Function name -> failure kind (`reward.scoring.KINDS`) for each function that failed."""
+    tracebacks: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Function name -> traceback (or the sandbox's account) for each function that failed."""
+    seconds: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    """Function name -> wall-clock seconds its call took (a batched call's time is shared
+    equally by its samples)."""
+
+
+@dataclass
+class ScoredGroup:
+    """A group with everything the learner needs from the reward side, sample by sample."""
+
+    group: Group
+    scores: list[Score]
+    """One per sample, as the reward functions gave them."""
+    rewards: list[float]
+    """What the learner trains on: the score's reward plus the overlong penalty (0 for an
+    excluded sample)."""
+    valid: list[bool]
+    """False where the sample's reward failed and `reward.on_failure` is `exclude`."""
+    penalties: list[float]
+    """The overlong penalty alone (0 when off)."""

@@ -27,7 +27,7 @@ import torch
 
 from core import faults
 from core.config import Config, parse_cores
-from core.records import Group
+from core.records import ScoredGroup
 from learner import grpo, losses
 from learner.advantages import compute_advantages
 from learner.batch import BatchPlan, FlatSample, MicroBatch, collate, flatten
@@ -188,13 +188,13 @@ class LearnerActor:
     def _temperature(self) -> float:
         return self.cfg.rollout.temperature
 
-    def train(
-        self, groups: list[Group], rewards: list[list[float]], valid: list[list[bool]],
-        step: int = 0,
-    ) -> dict[str, float]:  # fmt: skip
+    def train(self, batch: list[ScoredGroup], step: int = 0) -> dict[str, float]:
         """One batch of GRPO-family updates (`algorithm.updates_per_batch` optimizer steps) on
-        `groups` with their final rewards [P][G]; returns metrics over the whole batch (all ranks;
-        per-token statistics are token means)."""
+        the groups of `batch` with their final rewards; returns metrics over the whole batch
+        (all ranks; per-token statistics are token means)."""
+        groups = [sg.group for sg in batch]
+        rewards = [sg.rewards for sg in batch]  # [P][G]
+        valid = [sg.valid for sg in batch]  # [P][G]
         a, lc = self.cfg.algorithm, self.cfg.learner
         flat = flatten(groups, valid, a.mask_truncated)
         plan = BatchPlan(len(flat), self.world_size, a.updates_per_batch, lc.micro_batch_size,

@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from core.config import Config
+from core.records import ScoredGroup
 from learner.actor import LearnerActor
 
 
@@ -38,10 +39,10 @@ class LearnerGroup:
     def _all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
 
-    def train(self, groups, rewards, valid, step: int = 0) -> dict[str, float]:
-        """One batch of updates on `groups` with rewards and validity [P][G]; metrics over the
-        whole batch."""
-        return self._all("train", groups, rewards, valid, step)[0]
+    def train(self, batch: list[ScoredGroup], step: int = 0) -> dict[str, float]:
+        """One batch of updates on the groups of `batch` with their rewards and validity;
+        metrics over the whole batch."""
+        return self._all("train", batch, step)[0]
 
     def export_weights(self, dtype: str) -> list:
         """Object refs of the full policy's buckets (see `LearnerActor.export_weights`)."""

@@ -3,7 +3,7 @@
 Every function has the reward signature `fn(completion, *, prompt, answer, row, **kwargs)` and
 is pure: same inputs, same score, no state (`num_tokens` is passed to those that name it).
 Guaranteed: `math_answer`, `exact_match`, `regex_match` and `format` return exactly 0.0 or 1.0
-and never raise on any completion; `length` and `overlong` raise only on bad kwargs. Code
+and never raise on any completion; `length` raises only on bad kwargs. Code
 execution (`code_tests`) and the HTTP reward model (`remote_rm`) live in their own files. Not
 guaranteed: a time limit; math-verify runs with its signal-based timeouts off (they fail outside
 the main thread), so the wall-clock limit is the sandbox's job (`reward/sandbox.py`).
@@ -183,21 +183,6 @@ def length(
     return scale * _length(completion, num_tokens, unit)
 
 
-def overlong(
-    completion: str, *, prompt: str, answer: str, row: dict, num_tokens: int = -1,
-    max_length: int = 0, buffer: int = 0, unit: str = "tokens", **kwargs,
-) -> float:  # fmt: skip
-    """DAPO's soft overlong penalty, in [-1, 0]: 0 up to `max_length - buffer`, then falling
-    linearly to -1 at `max_length` ((max_length - buffer - L) / buffer), -1 beyond. L is the
-    length in `unit` (`tokens`, or `chars`). Give both `max_length` and `buffer` in kwargs."""
-    if not 0 < buffer <= max_length:
-        raise ValueError(f"overlong needs kwargs 0 < buffer <= max_length, got buffer={buffer}, "
-                         f"max_length={max_length}")  # fmt: skip
-    from learner.shaping import overlong_penalty  # the one implementation (also algorithm.*)
-
-    return overlong_penalty(_length(completion, num_tokens, unit), max_length, buffer, 1.0)
-
-
 def _length(completion: str, num_tokens: int, unit: str) -> int:
     if unit == "chars":
         return len(completion)
@@ -231,7 +216,6 @@ BUILTIN: dict[str, Callable[..., Any]] = {
     "regex_match": regex_match,
     "format": format_match,
     "length": length,
-    "overlong": overlong,
     "code_tests": code_tests,
     "remote_rm": remote_rm,
 }
@@ -242,7 +226,6 @@ BUILTIN_RANGES: dict[str, tuple[float, float]] = {
     "exact_match": (0.0, 1.0),
     "regex_match": (0.0, 1.0),
     "format": (0.0, 1.0),
-    "overlong": (-1.0, 0.0),
     "code_tests": (0.0, 1.0),
 }
 """Declared score ranges of the built-ins whose scores are bounded; `length` and `remote_rm`

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.records import Group, Prompt, Sample
+from core.records import Group, Prompt, Sample, Score
 from reward.functions import RewardFunction
 
 ON_FAILURE = ("exclude", "score")
@@ -36,30 +36,6 @@ KINDS = ("exception", "timeout", "crash", "invalid")
 MAX_PARTS = 64
 """Most named parts a function may return in a dict (each becomes a metric)."""
 _PART_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-
-
-@dataclass
-class Score:
-    """One sample's reward and how it was made."""
-
-    reward: float
-    """Weighted sum of the functions' scores (0.0 when `excluded`)."""
-    components: dict[str, float]
-    """Each function's raw (unweighted) score by name; NaN where that function failed. A function
-    that returns a dict adds its entries as `<fn>/<key>` (its score is their sum)."""
-    failed: bool = False
-    """Some function failed on this sample."""
-    excluded: bool = False
-    """Failed under `on_failure="exclude"`: the learner must leave this sample out."""
-    errors: dict[str, str] = field(default_factory=dict)
-    """Function name -> `"ExceptionType: message"` for each function that failed."""
-    kinds: dict[str, str] = field(default_factory=dict)
-    """Function name -> failure kind (one of `KINDS`) for each function that failed."""
-    tracebacks: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-    """Function name -> traceback (or the sandbox's account) for each function that failed."""
-    seconds: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
-    """Function name -> wall-clock seconds its call took (a batched call's time is shared
-    equally by its samples)."""
 
 
 @dataclass

@@ -59,7 +59,15 @@ def _quiet_expected_reload_warnings() -> None:
 class RolloutActor:
     """Wrapped with `ray.remote` by `RolloutPool`."""
 
-    def __init__(self, cfg: Config, model_path: str, engine_index: int):
+    def __init__(
+        self,
+        cfg: Config,
+        model_path: str,
+        engine_index: int,
+        weight_transport: str = "object_store",
+    ):
+        """`weight_transport`: `object_store`, or `nccl` / `ipc` for vLLM's weight-transfer
+        engines (GPU), as resolved by the control plane."""
         env = engine_env(cfg, engine_index)
         os.environ.update(env)
         bind = env.get("VLLM_CPU_OMP_THREADS_BIND", "")
@@ -77,11 +85,10 @@ class RolloutActor:
         if c.use_gpu:
             from vllm.config import WeightTransferConfig
 
-            from learner.weight_push import resolve_transport
-
-            transport = resolve_transport(cfg)
-            if transport in ("nccl", "ipc"):
-                gpu_options["weight_transfer_config"] = WeightTransferConfig(backend=transport)
+            if weight_transport in ("nccl", "ipc"):
+                gpu_options["weight_transfer_config"] = WeightTransferConfig(
+                    backend=weight_transport
+                )
             if c.rollout_tp > 1:
                 gpu_options |= {"tensor_parallel_size": c.rollout_tp,
                                 "distributed_executor_backend": "ray"}  # fmt: skip

@@ -16,10 +16,19 @@ from rollout.actor import RolloutActor, engine_env
 
 
 class RolloutPool:
-    def __init__(self, cfg: Config, model_path: str, run_id: str = "", placement=None):
+    def __init__(
+        self,
+        cfg: Config,
+        model_path: str,
+        run_id: str = "",
+        placement=None,
+        weight_transport: str = "object_store",
+    ):
         """`placement` (`cluster.placement.Placement`) puts engine i in its placement group;
-        without it engines go anywhere with the CPUs (GPU) they need."""
+        without it engines go anywhere with the CPUs (GPU) they need. `weight_transport`: how
+        weights will arrive (`cluster/transport.py` resolves it), which the engines set up for."""
         self.cfg, self.model_path, self.run_id = cfg, model_path, run_id
+        self.weight_transport = weight_transport
         self.placement = placement
         self.actors = [self._start(i) for i in range(cfg.cluster.rollout_engines)]
         ray.get([a.__ray_ready__.remote() for a in self.actors])
@@ -37,7 +46,7 @@ class RolloutPool:
                 runtime_env={"env_vars": engine_env(cfg, i)},
                 **options,
             )
-            .remote(cfg, self.model_path, i)
+            .remote(cfg, self.model_path, i, self.weight_transport)
         )
 
     def restart_dead(self) -> int:

@@ -53,3 +53,16 @@ def run_cohort(args: list[str], timeout: int = 600, env: dict | None = None):
         [sys.executable, "-m", "cluster", *args], cwd=REPO, env=full_env, timeout=timeout,
         capture_output=True, text=True,
     )  # fmt: skip
+
+
+def scored(groups, rewards, valid=None):
+    """`ScoredGroup`s of `groups` with the given final rewards and validity [P][G], as the
+    reward side hands them to the learner (scores equal to the rewards, no penalties)."""
+    from core.records import Score, ScoredGroup
+
+    valid = valid or [[True] * len(row) for row in rewards]
+    return [
+        ScoredGroup(g, [Score(r, {}, failed=not v, excluded=not v) for r, v in zip(rs, vs)],
+                    list(rs), list(vs), [0.0] * len(rs))
+        for g, rs, vs in zip(groups, rewards, valid, strict=True)
+    ]  # fmt: skip

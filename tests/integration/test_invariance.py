@@ -13,6 +13,7 @@ import torch
 
 from core.config import load_config
 from learner.group import LearnerGroup
+from tests.conftest import scored
 from tests.integration.test_learner import batch, params
 
 pytestmark = pytest.mark.integration
@@ -43,9 +44,9 @@ def one_step(tiny_model, aggregation: str, split: list[str], kl: bool, kl_in: st
     before = params(learner)
     groups, rewards, valid = batch(seed=3)
     valid[1][2] = False  # an excluded sample: it must drop out of every split alike
-    metrics = learner.train(groups, rewards, valid)
+    metrics = learner.train(scored(groups, rewards, valid))
     if kl:  # the second batch sees a policy that moved away from the reference
-        metrics = learner.train(*batch(seed=4))
+        metrics = learner.train(scored(*batch(seed=4)))
     gradient = {k: before[k] - v for k, v in params(learner).items()}
     learner.shutdown()
     return metrics, gradient

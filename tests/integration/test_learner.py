@@ -11,6 +11,7 @@ import torch
 from core.config import load_config
 from core.records import Group, Prompt, Sample
 from learner.group import LearnerGroup
+from tests.conftest import scored
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ def test_step_changes_every_parameter_and_reports_metrics(ray_local, tiny_model)
     cfg = load_config("configs/smoke.yaml", overrides)
     learner = LearnerGroup(cfg, tiny_model)
     before = params(learner)
-    metrics = learner.train(*batch())
+    metrics = learner.train(scored(*batch()))
     after = params(learner)
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert not unchanged, f"parameters a step did not change: {unchanged}"
@@ -60,13 +61,13 @@ def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
                  "algorithm.updates_per_batch=2", "algorithm.kl_coef=0.1"]  # fmt: skip
     cfg = load_config("configs/smoke.yaml", overrides)
     learner = LearnerGroup(cfg, tiny_model)
-    first = learner.train(*batch(seed=0))
+    first = learner.train(scored(*batch(seed=0)))
     # Two mini-batches: two optimizer steps. The second runs on moved weights, so the ratio
     # departs from 1 and the policy departs from the reference.
     assert first["train/optimizer_steps"] == 2
     assert first["train/kl"] > 0
     assert first["train/ratio_mean"] != 1.0  # old log-probs were taken before the first update
-    second = learner.train(*batch(seed=0))  # the same batch again, from further away
+    second = learner.train(scored(*batch(seed=0)))  # the same batch again, from further away
     assert second["train/optimizer_steps"] == 4
     assert second["train/kl"] > first["train/kl"]
     learner.shutdown()
@@ -80,7 +81,7 @@ def test_kl_as_reward_penalty_and_sampler_correction(ray_local, tiny_model):
                  "algorithm.correction_upper=2"]  # fmt: skip
     cfg = load_config("configs/smoke.yaml", overrides)
     learner = LearnerGroup(cfg, tiny_model)
-    first = learner.train(*batch(seed=0))
+    first = learner.train(scored(*batch(seed=0)))
     # Before any step the policy is the reference: no penalty, and no KL term in the loss.
     assert first["train/kl_penalty"] == pytest.approx(0.0, abs=1e-6)
     assert "train/kl" not in first
@@ -88,7 +89,7 @@ def test_kl_as_reward_penalty_and_sampler_correction(ray_local, tiny_model):
     # tokens, so some weights pi_learner / pi_sampler exceed 2 and are truncated.
     assert 0 < first["train/tis/truncated_frac"] < 1
     assert first["train/tis/weight_mean"] <= 2.0
-    second = learner.train(*batch(seed=1))
+    second = learner.train(scored(*batch(seed=1)))
     assert second["train/kl_penalty"] != 0.0  # the policy moved away from the reference
     learner.shutdown()
 
@@ -101,11 +102,11 @@ def test_nonfinite_step_leaves_weights_and_optimizer_alone(ray_local, tiny_model
     cfg = load_config("configs/smoke.yaml", overrides)
     learner = LearnerGroup(cfg, tiny_model)
     before = params(learner)
-    skipped = learner.train(*batch(seed=0), 1)
+    skipped = learner.train(scored(*batch(seed=0)), 1)
     assert skipped["train/skipped_updates"] == 1 and skipped["train/optimizer_steps"] == 0
     after = params(learner)
     assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step moved weights"
-    normal = learner.train(*batch(seed=0), 2)
+    normal = learner.train(scored(*batch(seed=0)), 2)
     assert normal["train/skipped_updates"] == 0 and normal["train/optimizer_steps"] == 1
     assert all(torch.isfinite(v).all() for v in params(learner).values())
     learner.shutdown()

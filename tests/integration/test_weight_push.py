@@ -10,12 +10,13 @@ found that vLLM's CPU engine kept a packed copy of the old tied output head afte
 import pytest
 from transformers import AutoTokenizer
 
+from cluster.transport import make_transport
 from core.config import load_config
 from core.records import Prompt
 from learner.group import LearnerGroup
-from learner.weight_push import make_transport
 from reward.pool import RewardPool
 from rollout.pool import RolloutPool
+from tests.conftest import scored
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def test_push_makes_engine_match_learner(ray_local, tiny_model, dtype, tol, lr):
     groups = rollout.generate(prompts, n=8)
     assert all(s.policy_version == 0 for g in groups for s in g.samples)
     scores = rewards.score(groups)
-    learner.train(groups, [[s.reward for s in row] for row in scores], [[True] * 8] * 8)
+    learner.train(scored(groups, [[s.reward for s in row] for row in scores]))
     after_learner = learner.sequence_logprobs(prompt_ids, completion_ids)
     assert max_diff(after_learner, before_learner) > 5 * tol, "the step did not change the policy"
     # Not pushed yet: the engine still holds the old weights.

@@ -98,14 +98,15 @@ def test_batch_from_dict_keeps_nan_components():
     import dataclasses
 
     from cluster.rollout_batch import TrainingBatch
-    from learner.shaping import ShapedBatch
+    from core.records import ScoredGroup
 
     group = Group(Prompt("train:0", "1+1", [5], "2"), [Sample([3], "2", [-0.5], "length", 4)])
     failed = Score(0.0, {"f": math.nan}, failed=True, excluded=True, errors={"f": "E"},
                    kinds={"f": "exception"})  # fmt: skip
-    batch = TrainingBatch([group], ShapedBatch([[0.0]], [[False]], [[0.0]]), [group], [[failed]],
-                          {"rollout/generation_rounds": 1.0})  # fmt: skip
+    scored = ScoredGroup(group, [failed], [0.0], [False], [0.0])
+    batch = TrainingBatch([scored], [scored], {"rollout/generation_rounds": 1.0})
     back = batch_from_dict(json.loads(json.dumps(dataclasses.asdict(batch))))
-    assert back.groups == batch.groups and back.shaped == batch.shaped
+    assert back.groups == batch.groups
+    assert [(sg.rewards, sg.valid, sg.penalties) for sg in back.scored] == [([0.0], [False], [0.0])]
     assert math.isnan(back.generated_scores[0][0].components["f"])
     assert back.generated_scores[0][0].kinds == {"f": "exception"}

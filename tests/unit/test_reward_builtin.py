@@ -10,7 +10,6 @@ from reward.builtin import (
     last_number,
     length,
     math_answer,
-    overlong,
     regex_match,
 )
 
@@ -126,19 +125,11 @@ def test_exact_and_regex_match():
         regex_match("abc", prompt="", answer="", row={})
 
 
-def test_length_and_overlong():
+def test_length():
     assert length("abcd", prompt="", answer="", row={}, num_tokens=10, scale=-0.1) == -1.0
     assert length("abcd", prompt="", answer="", row={}, unit="chars") == 4.0
-
-    def penalty(n):
-        return overlong("", prompt="", answer="", row={}, num_tokens=n, max_length=100, buffer=20)
-
-    # 0 up to 100 - 20 = 80 tokens, then (80 - L) / 20: 90 -> -0.5, 100 -> -1, beyond -1
-    assert [penalty(n) for n in (10, 80, 90, 100, 500)] == [0.0, 0.0, -0.5, -1.0, -1.0]
-    with pytest.raises(ValueError, match="0 < buffer <= max_length"):
-        overlong("", prompt="", answer="", row={}, num_tokens=5)
 
 
 def test_all_builtins_registered():
     assert sorted(BUILTIN) == ["code_tests", "exact_match", "format", "length", "math_answer",
-                               "overlong", "regex_match", "remote_rm"]  # fmt: skip
+                               "regex_match", "remote_rm"]  # fmt: skip

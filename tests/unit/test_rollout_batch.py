@@ -59,7 +59,7 @@ def test_dynamic_sampling_generates_until_enough_groups_have_spread():
     assert len(odd) >= 4 and len(batch.groups) == 4
     assert all(int(g.prompt.id[-1]) % 2 for g in batch.groups)  # only informative groups kept
     assert batch.metrics["rollout/kept_uninformative"] == 0
-    assert len(batch.shaped.rewards) == 4
+    assert len(batch.scored) == 4
 
 
 def test_dynamic_sampling_fills_the_batch_after_the_last_round():
@@ -75,9 +75,9 @@ def test_overlong_penalty_reaches_the_learner_rewards_not_the_scores():
     cfg, stream, rollout = setup("algorithm.overlong_buffer=4", "algorithm.overlong_factor=0.5")
     batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
     # sample 0 of each group has 16 tokens = max_new_tokens: penalty -0.5; the others 3: none
-    for rewards, scores in zip(batch.shaped.rewards, batch.generated_scores):
-        assert rewards[0] == scores[0].reward - 0.5
-        assert rewards[1:] == [s.reward for s in scores[1:]]
+    for sg in batch.scored:
+        assert sg.rewards[0] == sg.scores[0].reward - 0.5
+        assert sg.rewards[1:] == [s.reward for s in sg.scores[1:]]
     assert batch.metrics["reward/overlong_penalty"] == -0.5 / 4
 
 
