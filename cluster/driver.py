@@ -19,8 +19,9 @@ from pathlib import Path
 from cluster import checkpoint
 from cluster.checkpoint import find_resume_point
 from cluster.data import PromptStream, load_datasets, steps_for_epochs
+from cluster.evaluation import evaluate
 from cluster.health import Health, faults_during
-from cluster.metrics import MetricsLog, PhaseTimer, accuracy, rollout_metrics
+from cluster.metrics import MetricsLog, PhaseTimer, rollout_metrics
 from cluster.models import resolve_model
 from cluster.overlap import BatchSource
 from cluster.placement import report, reserve
@@ -28,7 +29,6 @@ from cluster.ray_setup import connect_ray
 from cluster.transport import make_transport, resolve_transport
 from core import faults
 from core.config import Config, dump_yaml, reward_function_name
-from core.records import Prompt
 from learner.group import LearnerGroup
 from reward.pool import RewardPool
 from reward.scoring import reward_metrics
@@ -86,9 +86,10 @@ def train(cfg: Config) -> Path:
         start = resume(resume_from, run_dir, learner, stream)
         batches.restore(resume_from)
         transport.push(learner, rollout, version=start)  # engines sample the checkpoint's policy
+        health.weights_version = start
     log = MetricsLog.for_run(run_dir, cfg)  # metrics.jsonl, console, TensorBoard/W&B/MLflow
     if t.eval_every and start == 0:
-        log.write({"step": 0, **evaluate(cfg, rollout, rewards, eval_prompts)})
+        log.write({"step": 0, **evaluate(cfg, health.rollout, health.rewards, eval_prompts)})
     for step in range(start + 1, t.steps + 1):
         timer = PhaseTimer()
         health.step = step
@@ -108,6 +109,7 @@ def train(cfg: Config) -> Path:
         batches.wait_idle(timer)  # the engines finish the batch generated ahead first
         with timer("push"):
             transport.push(learner, rollout, version=step)
+        health.weights_version = step
         groups, scores = batch.generated_groups, batch.generated_scores
         row = {"step": step, **reward_metrics(scores, names)} | batch.metrics
         row |= rollout_metrics(groups, scores, cfg.reward.accuracy_function)
@@ -116,7 +118,7 @@ def train(cfg: Config) -> Path:
         if cfg.cluster.verify_weights:
             row |= weight_check(rollout)
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-            row |= evaluate(cfg, rollout, rewards, eval_prompts)
+            row |= evaluate(cfg, health.rollout, health.rewards, eval_prompts)
         log.write(row)
         if t.samples_every and (step % t.samples_every == 0 or step == 1):
             write_samples(run_dir / "samples.jsonl", step, groups, scores)
@@ -177,22 +179,6 @@ def resume(path: Path, run_dir: Path, learner, stream) -> int:
     for name in ("metrics.jsonl", "samples.jsonl"):
         checkpoint.truncate_jsonl(run_dir / name, state["step"])
     return state["step"]
-
-
-def evaluate(cfg: Config, rollout: RolloutPool, rewards: RewardPool, prompts: list[Prompt]) -> dict:
-    """Greedy decoding on the held-out prompts; accuracy from `reward.accuracy_function`."""
-    t0 = time.perf_counter()
-    groups = rollout.generate(prompts, n=1, temperature=0.0,
-                              max_tokens=cfg.rollout.eval_max_new_tokens)  # fmt: skip
-    scores = rewards.score(groups)
-    out = {"eval/reward": sum(s.reward for row in scores for s in row) / len(prompts)}
-    if cfg.reward.accuracy_function:
-        out["eval/accuracy"] = accuracy(scores, cfg.reward.accuracy_function)
-    out["eval/completion_len"] = sum(len(g.samples[0].completion_token_ids) for g in groups) / len(
-        groups
-    )
-    out["time/eval"] = time.perf_counter() - t0
-    return out
 
 
 def write_samples(path: Path, step: int, groups, scores) -> None:

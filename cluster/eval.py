@@ -1,34 +1,26 @@
 """`cohort eval CONFIG|RUN`: pass@1 and pass@k of a model on the config's eval set, with vLLM.
 
 The eval prompts are built exactly as training builds them (`data.eval`, chat template, prompt
-template); completions come from one in-process `RolloutActor` (no Ray); correctness is the
-`reward.accuracy_function` score (1 = right) from the config's own reward functions, scored by a
-`RewardActor` exactly as in training: every call in a sandbox worker under `reward.timeout_s`
-and `reward.isolation`, so a hostile completion or reward function fails its sample, not the
-evaluation (failures go to `reward_failures.jsonl` beside the results). Reports:
+template); generation and scoring take training's own path (`cluster/evaluation.py`: the rollout
+and reward pools on Ray, every reward call in the sandbox, dead actors restarted), so a hostile
+completion or reward function fails its sample, not the evaluation (failures go to
+`reward_failures.jsonl` beside the results). Correctness is the `reward.accuracy_function`
+score (1 = right). Reports:
 greedy accuracy (what training logs as `eval/accuracy`), and from n samples per prompt at
 `--temperature` the unbiased pass@1 and pass@k (Chen et al. 2021, "Evaluating Large Language
-Models Trained on Code", eq. 1). Results are saved as JSON. Not covered: several engines or
-GPUs (one engine evaluates everything).
+Models Trained on Code", eq. 1). Results are saved as JSON; the engines are
+`cluster.rollout_engines`, as in training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
+from cluster.evaluation import pass_at_k_report
 from core.config import Config, load_config
-from reward.failures import FAILURES_LOG, append_failures
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Probability that at least one of k samples drawn from n (c of them right) is right."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def load_target(target: str, overrides: list[str]) -> tuple[Config, Path | None]:
@@ -65,64 +57,36 @@ def model_to_evaluate(cfg: Config, run: Path | None, checkpoint: str) -> tuple[s
 
 
 def evaluate_model(
-    cfg: Config, model: str, k: int, n: int, temperature: float, limit: int = 0
+    cfg: Config, model: str, k: int, n: int, temperature: float, out_dir: Path, limit: int = 0
 ) -> dict:
-    """Greedy accuracy, pass@1 and pass@k over the eval set; per-prompt details included."""
+    """Greedy accuracy, pass@1 and pass@k over the eval set through the rollout and reward
+    pools (Ray: local, or the cluster of `RAY_ADDRESS`); failed reward calls are logged in
+    `out_dir`."""
     from transformers import AutoTokenizer
 
     from cluster.data import load_prompts
-    from cluster.metrics import accuracy
-    from reward.actor import RewardActor
-    from reward.failures import failure_records
-    from reward.functions import read_sources
-    from rollout.actor import RolloutActor
+    from cluster.health import Health
+    from cluster.ray_setup import connect_ray
+    from reward.pool import RewardPool
+    from rollout.pool import RolloutPool
 
-    acc_fn = cfg.reward.accuracy_function
-    if not acc_fn:
+    if not cfg.reward.accuracy_function:
         raise ValueError("cohort eval needs reward.accuracy_function (which function says right)")
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = load_prompts("eval", cfg.data.eval, cfg.data, tokenizer)
     prompts = prompts[:limit] if limit else prompts
-    r = cfg.reward
-    sandbox = {"workers": r.workers_per_actor, "timeout_s": r.timeout_s,
-               "memory_limit_mb": r.memory_limit_mb, "cpu_limit_s": r.cpu_limit_s,
-               "max_processes": r.max_processes, "isolation": r.isolation}  # fmt: skip
-    rewards = RewardActor([dataclasses.asdict(f) for f in r.functions], r.on_failure,
-                          r.failure_score, str(Path.cwd()), sandbox,
-                          read_sources(r.functions, Path.cwd()))  # fmt: skip
+    connect_ray(cfg)
     t0 = time.perf_counter()
-    actor = RolloutActor(cfg, model, engine_index=0)
-    max_tokens = cfg.rollout.eval_max_new_tokens
-    greedy = actor.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens)
-    sampled = actor.generate(prompts, n=n, temperature=temperature, top_p=1.0,
-                             max_tokens=max_tokens, seed=cfg.trainer.seed)  # fmt: skip
+    rollout = RolloutPool(cfg, model, run_id="eval")
+    rewards = RewardPool(cfg.reward, base_dir=Path.cwd(), num_cpus=cfg.cluster.reward_cpus,
+                         run_id="eval", run_dir=out_dir)  # fmt: skip
     try:
-        greedy_scores, scores = rewards.score(greedy), rewards.score(sampled)
+        health = Health(cfg, rollout, rewards)
+        report = pass_at_k_report(cfg, health.rollout, health.rewards, prompts, k, n, temperature)
     finally:
-        rewards.close()
-    failures = failure_records(greedy, greedy_scores, 1) + failure_records(sampled, scores, 2)
-    right = [sum(s.components.get(acc_fn, 0.0) >= 1.0 for s in row) for row in scores]
-    per_prompt = [
-        {"id": g.prompt.id, "prompt": g.prompt.text, "answer": g.prompt.answer,
-         "greedy": gg.samples[0].text, "greedy_right": gs[0].components.get(acc_fn, 0.0) >= 1.0,
-         "right_of_n": c}
-        for g, gg, gs, c in zip(sampled, greedy, greedy_scores, right)
-    ]  # fmt: skip
-    return {
-        "model": model,
-        "prompts": len(prompts),
-        "n": n,
-        "k": k,
-        "temperature": temperature,
-        "greedy/accuracy": accuracy(greedy_scores, acc_fn),
-        "pass@1": sum(pass_at_k(n, c, 1) for c in right) / len(right),
-        f"pass@{k}": sum(pass_at_k(n, c, k) for c in right) / len(right),
-        "reward/mean": sum(s.reward for row in scores for s in row) / (n * len(prompts)),
-        "reward/failures": len(failures),
-        "time_s": time.perf_counter() - t0,
-        "per_prompt": per_prompt,
-        "failures": failures,
-    }
+        rollout.shutdown()
+        rewards.shutdown()
+    return {"model": model} | report | {"time_s": time.perf_counter() - t0}
 
 
 def run_eval(
@@ -134,10 +98,6 @@ def run_eval(
     n = max(n, k)
     model, label = model_to_evaluate(cfg, run, checkpoint)
     print(f"evaluating {label} on data.eval ({n} samples per prompt, T={temperature})", flush=True)
-    results = {"checkpoint": label, "config": target} | evaluate_model(
-        cfg, model, k, n, temperature, limit
-    )
-    results["data.eval"] = dataclasses.asdict(cfg.data.eval)
     where = (
         Path(out)
         if out
@@ -146,8 +106,10 @@ def run_eval(
         / (f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json")
     )
     where.parent.mkdir(parents=True, exist_ok=True)
-    failures = results.pop("failures")
-    append_failures(where.parent / FAILURES_LOG, failures)
+    results = {"checkpoint": label, "config": target} | evaluate_model(
+        cfg, model, k, n, temperature, where.parent, limit
+    )
+    results["data.eval"] = dataclasses.asdict(cfg.data.eval)
     where.write_text(json.dumps(results, indent=1))
     print(f"greedy accuracy {results['greedy/accuracy']:.3f} | pass@1 {results['pass@1']:.3f} | "
           f"pass@{k} {results[f'pass@{k}']:.3f} | {results['prompts']} prompts | "

@@ -75,18 +75,22 @@ class _Restarting:
 
 
 class Health:
-    def __init__(self, cfg: Config, rollout, rewards, learner, transport):
+    def __init__(self, cfg: Config, rollout, rewards, learner=None, transport=None):
+        """Without a learner (`cohort eval`), a restarted engine keeps the weights it loads."""
         self.cfg, self.learner, self.transport = cfg, learner, transport
         self.step = 0
+        self.weights_version = 0
+        """The version the engines hold (the driver sets it after each push)."""
         self.restarts = {"rollout": 0, "reward": 0}
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
-        self.rollout = _Restarting(rollout, "rollout", self, self._push_current_weights)
+        push = self._push_current_weights if learner is not None else None
+        self.rollout = _Restarting(rollout, "rollout", self, push)
         self.rewards = _Restarting(rewards, "reward", self)
         self._raw_rollout, self._raw_rewards = rollout, rewards
 
     def _push_current_weights(self) -> None:
-        self.transport.push(self.learner, self._raw_rollout, version=self.step - 1)
+        self.transport.push(self.learner, self._raw_rollout, version=self.weights_version)
 
     def before_generate(self) -> None:
         """Fault-injection hooks that kill an actor before this step's generation."""

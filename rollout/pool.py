@@ -55,13 +55,20 @@ class RolloutPool:
         return replace_dead(self.actors, self._start, lambda a: a.__ray_ready__.remote())
 
     def generate(
-        self, prompts: list[Prompt], n: int, temperature: float | None = None,
-        max_tokens: int | None = None, seed: int | None = None,
-    ) -> list[Group]:  # fmt: skip
+        self,
+        prompts: list[Prompt],
+        n: int,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        top_p: float | None = None,
+    ) -> list[Group]:
         """Sample n completions for each prompt (temperature 0: greedy), engines in parallel;
-        `seed` makes the samples a function of the seed and the weights."""
+        `seed` makes the samples a function of the seed and the weights. Defaults: the
+        `rollout` section's temperature, top-p and max_new_tokens."""
         r = self.cfg.rollout
         temperature = r.temperature if temperature is None else temperature
+        top_p = r.top_p if top_p is None else top_p
         max_tokens = max_tokens or r.max_new_tokens
         chunks = split_contiguous(prompts, len(self.actors))
         futures = [
@@ -69,7 +76,7 @@ class RolloutPool:
                 chunk,
                 n,
                 temperature,
-                r.top_p if temperature > 0 else 1.0,
+                top_p if temperature > 0 else 1.0,
                 max_tokens,
                 None if seed is None else seed + 7919 * i,
             )  # fmt: skip
