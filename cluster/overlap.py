@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
-from cluster.rollout_batch import TrainingBatch, sample_batch
+from cluster.training_batch import TrainingBatch, sample_batch
 from core.config import Config
 from core.records import Group, Prompt, Sample, Score, ScoredGroup
 

@@ -138,10 +138,6 @@ class Placement:
             ),
         }
 
-    def reward_options(self) -> dict:
-        return {"num_cpus": self.cfg.cluster.reward_cpus,
-                "resources": dict(self.cfg.cluster.reward_resources)}  # fmt: skip
-
     def shutdown(self) -> None:
         """Release the placement groups (after the actors are gone)."""
         from ray.util.placement_group import remove_placement_group

@@ -5,7 +5,7 @@ Guarantees: plain Python on lists (no tensors, no Ray); scores are never modifie
 rewards are new lists in `ScoredGroup`s; `select_groups` always returns exactly the number of
 groups asked for when enough were generated, informative groups first in generation order. What
 needs the policy (a KL penalty in the reward) is the learner's (`learner/grpo.py`). Not covered:
-the generation rounds themselves (`cluster/rollout_batch.py` loops; this module decides).
+the generation rounds themselves (`cluster/training_batch.py` loops; this module decides).
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 Guarantees: `generate` returns, per prompt, a `Group` of n samples with prompt and completion
 token ids, text, the log-probability of each sampled token under the sampling distribution
-(vLLM `processed_logprobs`: after temperature and top-p, what the learner recomputes), the
-finish reason and the policy version that produced it. After `load_weights` the prefix cache is
-cleared, so no KV computed with old weights is reused. Not covered: per-request seeds (they
-crash vLLM's CPU engine; the engine's global generator is seeded per call instead), tensor
-parallelism (scale-out issue).
+(vLLM `processed_logprobs`: after temperature and top-p), the finish reason and the policy
+version that produced it. The learner divides its logits by the same temperature but does not
+apply top-p, so with top-p < 1 the two distributions differ on the tail (`train/mismatch_kl`
+shows how much; `algorithm.sampler_correction` corrects for it). After `load_weights` the
+prefix cache is cleared, so no KV computed with old weights is reused. On GPUs an engine spans
+`cluster.rollout_tp` devices (vLLM's tensor parallelism over Ray). Not covered: per-request
+seeds (they crash vLLM's CPU engine; the engine's global generator is seeded per call instead).
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def test_pending_batch_round_trips_through_a_checkpoint(tmp_path):
 def test_batch_from_dict_keeps_nan_components():
     import dataclasses
 
-    from cluster.rollout_batch import TrainingBatch
+    from cluster.training_batch import TrainingBatch
     from core.records import ScoredGroup
 
     group = Group(Prompt("train:0", "1+1", [5], "2"), [Sample([3], "2", [-0.5], "length", 4)])

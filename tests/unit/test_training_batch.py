@@ -3,7 +3,7 @@ pools are exercised by the end-to-end tests)."""
 
 from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
-from cluster.rollout_batch import sample_batch
+from cluster.training_batch import sample_batch
 from core.config import load_config
 from core.records import Group, Prompt, Sample
 from reward.scoring import Score
