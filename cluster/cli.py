@@ -139,6 +139,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from cluster.data import DataError
     from cluster.eval import run_eval
+    from core.errors import RunStopped
 
     try:
         run_eval(args.target, args.overrides, args.checkpoint, args.k, args.n or args.k,
@@ -146,6 +147,9 @@ def cmd_eval(args) -> int:
     except (DataError, ValueError) as e:
         print(f"cohort: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # a reward function failing on too many samples, say
+        print(f"cohort: evaluation stopped: {e}", file=sys.stderr)
+        return 3
     return 0
 
 
