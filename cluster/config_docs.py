@@ -11,11 +11,11 @@ import dataclasses
 
 import yaml
 
-from core.config import Config, field_docs
+from core.config import Config, field_docs, field_types
 
 HEADER = """# Config reference
 
-Generated from the docstrings in `core/config.py` by `cohort config --reference > docs/config.md`
+Generated from the docstrings in `core/config/` by `cohort config --reference > docs/config.md`
 (do not edit by hand; `tests/unit/test_cli_commands.py` checks it is up to date). Any key can be set
 in the YAML file or overridden on the command line: `cohort train CONFIG section.key=value`.
 `cohort config CONFIG` prints a config resolved with these defaults.
@@ -42,8 +42,11 @@ def config_reference() -> str:
     """Every section and key of `Config` as Markdown tables."""
     top = field_docs(Config)
     defaults = Config()
-    scalars = [f for f in dataclasses.fields(Config)
-               if not dataclasses.is_dataclass(getattr(defaults, f.name))]  # fmt: skip
+    scalars = [
+        f
+        for f in dataclasses.fields(Config)
+        if not dataclasses.is_dataclass(getattr(defaults, f.name))
+    ]
     parts = [HEADER, "\n## Top level\n\n", _table(defaults, "", scalars)]
     for f in dataclasses.fields(Config):
         section = getattr(defaults, f.name)
@@ -64,11 +67,13 @@ def config_reference() -> str:
 
 def _table(obj, prefix: str, fields: list | None = None) -> str:
     """One row per field of dataclass instance `obj`, with its value there as the default."""
-    docs = field_docs(type(obj))
+    docs, types = field_docs(type(obj)), field_types(type(obj))
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for f in fields or dataclasses.fields(obj):
         value = getattr(obj, f.name)
         shown = "(see below)" if dataclasses.is_dataclass(value) else _value(value)
-        lines.append(f"| `{prefix}{f.name}` | `{_cell(str(f.type))}` | `{_cell(shown)}` | "
-                     f"{_cell(docs.get(f.name, ''))} |")  # fmt: skip
+        doc = _cell(docs.get(f.name, ""))
+        lines.append(
+            f"| `{prefix}{f.name}` | `{_cell(types[f.name])}` | `{_cell(shown)}` | {doc} |"
+        )
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ from rollout.pool import RolloutPool
 
 
 def create_run_dir(cfg: Config) -> Path:
-    """`<output_dir>/<run id>/` with the resolved config saved in it."""
+    """`<output_dir>/<run id>/`, new; `train` saves the config in it once resolved."""
     run_id = time.strftime("%Y%m%d-%H%M%S")
     path = Path(cfg.trainer.output_dir) / run_id
     suffix = 1
@@ -44,7 +44,6 @@ def create_run_dir(cfg: Config) -> Path:
         path = Path(cfg.trainer.output_dir) / f"{run_id}-{suffix}"
         suffix += 1
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(dump_yaml(cfg))
     return path
 
 
@@ -64,6 +63,8 @@ def train(cfg: Config) -> Path:
     train_prompts, eval_prompts = load_datasets(cfg.data, tokenizer, run_dir)
     if cfg.data.epochs:
         t.steps = steps_for_epochs(cfg, len(train_prompts))
+    if not resume_from:  # the config this run uses, trainer.steps from data.epochs included
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     stream = PromptStream(train_prompts, t.seed, cfg.data.shuffle)
 
     run_id = run_dir.name

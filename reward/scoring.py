@@ -27,10 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.choices import REWARD_ON_FAILURE
 from core.records import Group, Prompt, Sample, Score
 from reward.functions import RewardFunction
 
-ON_FAILURE = ("exclude", "score")
+ON_FAILURE = REWARD_ON_FAILURE
 KINDS = ("exception", "timeout", "crash", "invalid")
 """Failure kinds, as counted in `reward/<fn>/failures/<kind>`."""
 MAX_PARTS = 64

@@ -1,11 +1,23 @@
 """Config loading: typed fields, documented fields, errors naming key and value, overrides."""
 
+import copy
 import dataclasses
+import typing
 
 import pytest
 import yaml
 
-from core.config import Config, ConfigError, documented_yaml, field_docs, load_config
+from core import choices
+from core.config import (
+    Config,
+    ConfigError,
+    TrainerConfig,
+    documented_yaml,
+    field_docs,
+    from_dict,
+    load_config,
+    validate,
+)
 
 
 def all_dataclasses(cls, seen=None):
@@ -35,8 +47,8 @@ def test_shipped_configs_load(name):
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config("configs/smoke.yaml", ["rollout.group_size=4", "learner.lr=1e-4",
-                                             "model.gradient_checkpointing=true"])  # fmt: skip
+    overrides = ["rollout.group_size=4", "learner.lr=1e-4", "model.gradient_checkpointing=true"]
+    cfg = load_config("configs/smoke.yaml", overrides)
     assert cfg.rollout.group_size == 4 and cfg.learner.lr == 1e-4
     assert cfg.model.gradient_checkpointing is True
 
@@ -50,14 +62,15 @@ def test_overrides_are_typed_and_nested():
         ("learner.zero_stage=4", "learner.zero_stage=4"),
         ("model.rollout_dtype=fp8", "model.rollout_dtype='fp8' is not one of"),
         ("learner.micro_batch_size=7", "must divide evenly by world_size * micro_batch_size = 7"),
+        ("algorithm.updates_per_batch=0", "algorithm.updates_per_batch=0: >= 1"),
         ("reward.accuracy_function=nope", "reward.accuracy_function='nope'"),
-        ("trainer.mode=async", "trainer.mode='async': is not offered: one_step_off already"),
+        ("trainer.mode=async", "'sync', 'one_step_off': async is not built: one_step_off alre"),
         ("trainer.mode=asink", "trainer.mode='asink' is not one of 'sync', 'one_step_off'"),
         ("trainer.mode=one_step_off", "set algorithm.sampler_correction to token_truncate"),
         ("learner.cpu_cores=one", "learner.cpu_cores='one': use core numbers like 1, 4-7"),
         ("rollout", "override 'rollout' must look like key.sub=value"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_config("configs/smoke.yaml", [override])
@@ -85,3 +98,49 @@ def test_documented_yaml_round_trips():
     text = documented_yaml(cfg)
     assert "# G: responses sampled per prompt" in text
     assert yaml.safe_load(text)["rollout"]["max_new_tokens"] == cfg.rollout.max_new_tokens
+
+
+def test_validation_only_reads():
+    """`validate` changes nothing; what is derived is filled in before, by the loader."""
+    cfg = Config()
+    before = copy.deepcopy(cfg)
+    validate(cfg)
+    assert cfg == before and cfg.trainer.output_dir == ""
+    assert load_config(None).trainer.output_dir == "runs/experiment"
+
+
+def test_a_section_given_in_part_keeps_its_own_defaults():
+    """`data.eval` defaults to seed 1 (disjoint from train's 0); giving its size alone keeps it."""
+    cfg = load_config(None, ["data.eval.size=8"])
+    assert (cfg.data.eval.size, cfg.data.eval.seed) == (8, 1) and cfg.data.train.seed == 0
+
+
+def test_trainer_mode_async_is_not_a_choice():
+    assert typing.get_args(typing.get_type_hints(TrainerConfig)["mode"]) == ("sync", "one_step_off")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["trainer.mode=async"])
+    assert str(e.value).startswith("trainer.mode='async' is not one of 'sync', 'one_step_off'")
+    assert str(e.value).endswith("Use trainer.mode=one_step_off")
+
+
+def test_choice_tables_are_the_codes_tables():
+    """One table per option: the schema's `Literal`s and the code's tables agree."""
+    from cluster import data
+    from learner import advantages, losses
+    from reward import isolation, scoring
+
+    assert tuple(advantages.ADVANTAGE_ESTIMATORS) == choices.ADVANTAGE_ESTIMATORS
+    assert advantages.STD_NORMALIZATIONS == choices.STD_NORMALIZATIONS
+    assert losses.LOSS_AGGREGATIONS == choices.LOSS_AGGREGATIONS
+    assert losses.KL_ESTIMATORS == choices.KL_ESTIMATORS
+    assert losses.RATIO_LEVELS == choices.RATIO_LEVELS
+    assert losses.SAMPLER_CORRECTIONS == choices.SAMPLER_CORRECTIONS
+    assert scoring.ON_FAILURE == choices.REWARD_ON_FAILURE
+    assert isolation.LEVELS == choices.ISOLATION_LEVELS
+    assert set(data.READERS) == set(choices.DATA_FORMATS)
+    for op in choices.ARITHMETIC_OPERATIONS:
+        src = from_dict(type(Config().data.train), {"operations": [op], "size": 1}, "data.train.")
+        assert data.arithmetic_rows(src)  # every allowed operator is implemented
+    for key, value in choices.NOT_BUILT:  # a value left out on purpose is refused with its reason
+        with pytest.raises(ConfigError, match=f"{key}={value!r} is not one of"):
+            load_config(None, [f"{key}={value}"])

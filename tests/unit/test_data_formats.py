@@ -11,8 +11,15 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from cluster.data import DataError, LoadReport, PromptStream, load_datasets, load_prompts
-from core.config import DataConfig, DataSourceConfig
+from cluster.data import (
+    DataError,
+    LoadReport,
+    PromptStream,
+    load_datasets,
+    load_prompts,
+    steps_for_epochs,
+)
+from core.config import ConfigError, DataConfig, DataSourceConfig, load_config
 
 FORMATS = ["jsonl", "csv", "parquet", "hf"]
 GOOD = [
@@ -119,8 +126,8 @@ def test_unknown_extension_and_missing_file(tmp_path, tok):
     with pytest.raises(DataError, match="does not exist"):
         load_prompts("train", src, DataConfig(), tok)
     (tmp_path / "rows.txt").write_text(json.dumps(GOOD[0]) + "\n")
-    src = DataSourceConfig(generator="", path=str(tmp_path / "rows.txt"), format="jsonl",
-                           prompt_key="q", answer_key="a")  # fmt: skip
+    path = str(tmp_path / "rows.txt")
+    src = DataSourceConfig(generator="", path=path, format="jsonl", prompt_key="q", answer_key="a")
     assert len(load_prompts("train", src, DataConfig(), tok)) == 1
 
 
@@ -288,12 +295,59 @@ def test_unshuffled_stream_keeps_file_order(tok):
 
 
 def test_epochs_set_the_number_of_steps():
-    from cluster.data import steps_for_epochs
-    from core.config import ConfigError, load_config
-
     cfg = load_config("configs/smoke.yaml", ["data.epochs=2"])  # 64 prompts, 8 per step
     assert steps_for_epochs(cfg, 64) == 16 and steps_for_epochs(cfg, 60) == 15
     cfg.data.epochs = 0.01
     assert steps_for_epochs(cfg, 64) == 1
     with pytest.raises(ConfigError, match="data.epochs=-1"):
         load_config("configs/smoke.yaml", ["data.epochs=-1"])
+
+
+def test_saved_config_has_the_steps_that_epochs_set(tmp_path, tiny_model, monkeypatch):
+    """The run's config.yaml is the config the run uses: trainer.steps as data.epochs set it."""
+    from cluster import driver
+
+    class Placing(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Placing  # the datasets are loaded and the config saved; no actor starts
+
+    monkeypatch.setattr(driver, "connect_ray", lambda cfg: None)
+    monkeypatch.setattr(driver, "resolve_model", lambda path: tiny_model)
+    monkeypatch.setattr(driver, "reserve", stop)
+    cfg = load_config("configs/smoke.yaml", ["data.epochs=2", f"trainer.output_dir={tmp_path}"])
+    assert cfg.trainer.steps == 6
+    with pytest.raises(Placing):
+        driver.train(cfg)
+    (run_dir,) = tmp_path.iterdir()
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.trainer.steps == 16  # 64 prompts x 2 epochs / 8 prompts per step
+    assert saved == cfg
+
+
+# A source that names a `path` and no `generator` reads the file; both together is an error.
+def test_path_alone_reads_the_file_from_yaml(tmp_path, tok):
+    src = write(tmp_path, "jsonl", GOOD)
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"data:\n  train: {{path: {src.path}, prompt_key: q, answer_key: a}}\n")
+    cfg = load_config(config)
+    assert cfg.data.train.generator == "" and cfg.data.eval.generator == "arithmetic"
+    prompts = load_prompts("train", cfg.data.train, cfg.data, tok)
+    assert [p.answer for p in prompts] == ["2", "6"]
+
+
+def test_path_alone_reads_the_file_from_an_override(tmp_path, tok):
+    src = write(tmp_path, "jsonl", GOOD)
+    keys = ["data.eval.prompt_key=q", "data.eval.answer_key=a"]
+    cfg = load_config(None, [f"data.eval.path={src.path}", *keys])
+    assert cfg.data.eval.generator == "" and cfg.data.train.generator == "arithmetic"
+    assert [p.answer for p in load_prompts("eval", cfg.data.eval, cfg.data, tok)] == ["2", "6"]
+
+
+def test_generator_and_path_together_are_an_error():
+    both = ["data.train.generator=arithmetic", "data.train.path=d.jsonl"]
+    neither = ["data.train.generator=''"]
+    for overrides in (both, neither):
+        with pytest.raises(ConfigError, match="data.train=.*give exactly one of `generator` or"):
+            load_config(None, overrides)
