@@ -1,10 +1,12 @@
 """`code_tests`: score a completion's Python code by the row's tests, which the code never sees.
 
-The code runs in `code_runner.py`, a fresh `python -I` subprocess of the sandbox worker in its
-own session and an empty temporary directory, confined by `reward.isolation.confine` with the
-policy of `set_policy` (default `Policy()`, level `strict`), its level replaced by the
-`isolation` kwarg when given (`reward/actor.py` passes `reward.isolation` that way) and its
-`memory_mb`, `cpu_s` and `write_dir` set per call. The tests never enter that process:
+The code runs in `code_runner.py`, a process of its own forked by a clean `python -I` zygote
+(`code_zygote.py`: a fork takes ~1 ms where a fresh interpreter takes ~100) and adopted by the
+sandbox worker, in its own session and an empty temporary directory, confined by
+`reward.isolation.confine` with the policy of `set_policy` (default `Policy()`, level
+`strict`), its level replaced by the `isolation` kwarg when given (`reward/actor.py` passes
+`reward.isolation` that way) and its `memory_mb`, `cpu_s` and `write_dir` set per call. The
+tests never enter that process, nor the zygote:
 - assert tests (`"assert add(1, 2) == 3"`, HumanEval's `check(candidate)`) run here, in
   `code_judge.py`, calling the code through a pair of pipes: one runner per completion, and a
   new one after a test that hung or killed it;
@@ -32,14 +34,12 @@ import os
 import re
 import select
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
-from reward import wire
+from reward import code_zygote, wire
 from reward.code_judge import RpcFailure, judge_asserts, same_output
 from reward.isolation import LEVELS, Policy
 
@@ -47,13 +47,6 @@ MAX_OUTPUT_BYTES = 2**20
 """Most stdout a program may write for one stdin/stdout case (more fails the case)."""
 STARTUP_S = 10.0
 """How long a runner may take to start and confine itself (longer is a reward failure)."""
-ROOT = str(Path(__file__).resolve().parent.parent)
-"""The directory that holds the `reward` package, put first on the runner's sys.path."""
-_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); from reward.code_runner import main; main()"
-)
-_ENV = {"PATH": os.defpath, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-"""BLAS thread pools would reserve more address space than `memory_mb` allows."""
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.I)
 
 _policy = Policy()
@@ -158,7 +151,8 @@ def _run_case(
     with tempfile.TemporaryFile() as stdin:
         stdin.write(case["input"].encode("utf-8", "replace"))
         stdin.seek(0)
-        runner = RunnerProcess.start({"mode": "program", "code": code}, policy, cwd, stdin=stdin)
+        spec = {"mode": "program", "code": code}
+        runner = RunnerProcess.start(spec, policy, cwd, stdin=stdin.fileno())
         try:
             end = min(time.monotonic() + per_test_s, deadline)
             output = runner.read_output(MAX_OUTPUT_BYTES, end)
@@ -168,44 +162,42 @@ def _run_case(
 
 
 class RunnerProcess:
-    """One `code_runner` process and its pipes; every read and write ends by a deadline.
+    """One `code_runner` process (a child of this one, from `code_zygote.spawn`) and its pipes;
+    every read and write ends by a deadline.
 
     Its requests pipe carries the spec and then requests; its replies pipe carries the
     status line (before any code runs) and then replies. In mode `program` its stdout is a pipe
     read by `read_output`, else /dev/null; stderr is /dev/null.
     """
 
-    def __init__(self, cwd: str, stdin, capture_stdout: bool):
+    def __init__(self, cwd: str, stdin: int | None, capture_stdout: bool, deadline: float):
         request_r, self.requests = os.pipe()
         self.replies, reply_w = os.pipe()
+        self.stdout, stdout_w = os.pipe() if capture_stdout else (-1, -1)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        theirs = (stdin if stdin is not None else devnull, stdout_w if capture_stdout else devnull)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOT, ROOT, str(request_r), str(reply_w)],
-                stdin=stdin,
-                stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=cwd,
-                env=_ENV,
-                start_new_session=True,
-                pass_fds=(request_r, reply_w),
-            )
+            self.pid = code_zygote.spawn(cwd, (*theirs, request_r, reply_w), deadline)
         except BaseException:
-            os.close(self.requests)
-            os.close(self.replies)
+            for fd in (self.requests, self.replies, self.stdout):
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
-            os.close(request_r)
-            os.close(reply_w)
+            for fd in (request_r, reply_w, stdout_w, devnull):
+                if fd >= 0:
+                    os.close(fd)
         os.set_blocking(self.requests, False)
         self.buffer = bytearray()
         self.closed = False
 
     @classmethod
-    def start(cls, spec: dict, policy: Policy, cwd: str, stdin=subprocess.DEVNULL):
-        """A runner that has read `spec` and confined itself with `policy`; raises RuntimeError
-        when it reports that it cannot, or does not report within `STARTUP_S`."""
-        runner = cls(cwd, stdin, capture_stdout=spec["mode"] == "program")
+    def start(cls, spec: dict, policy: Policy, cwd: str, stdin: int | None = None):
+        """A runner that has read `spec` and confined itself with `policy`, its stdin the file
+        descriptor `stdin` (None: /dev/null); raises RuntimeError when it cannot start or
+        reports that it cannot confine itself, or does not report within `STARTUP_S`."""
         deadline = time.monotonic() + STARTUP_S
+        runner = cls(cwd, stdin, capture_stdout=spec["mode"] == "program", deadline=deadline)
         try:
             runner.send_line(wire.encode({**spec, "policy": asdict(policy)}), deadline)
             status = wire.decode(runner.receive_line(deadline))
@@ -213,12 +205,13 @@ class RunnerProcess:
             runner.close()
             raise RuntimeError(
                 f"the code runner did not start ({e}); run `{sys.executable} -I -c "
-                f"'import reward.code_runner'` in {ROOT} to see why"
+                f"'import reward.code_zygote, reward.code_runner'` in {code_zygote.ROOT} to see why"
             ) from None
         if type(status) is not dict or type(status.get("confined")) is not list:
             runner.close()
+            why = status.get("fatal", status) if type(status) is dict else status
             raise RuntimeError(
-                f"the code runner could not confine itself: {status.get('fatal', status)!s:.300} "
+                f"the code runner could not confine itself: {why!s:.300} "
                 "(set kwargs.isolation to a level this machine supports, e.g. 'best_effort')"
             )
         return runner
@@ -264,7 +257,7 @@ class RunnerProcess:
         """The program's stdout once it has exited with status 0; None when it fails, writes
         more than `limit` bytes or has not exited by `deadline`. After the runner exits, only
         what it wrote is read: a grandchild that keeps stdout open is not waited for."""
-        stdout = self.process.stdout.fileno()
+        stdout = self.stdout
         os.set_blocking(stdout, False)
         poller = select.poll()
         poller.register(stdout, select.POLLIN)
@@ -296,7 +289,7 @@ class RunnerProcess:
         it is not reaped, so its process group id cannot be reused before `close`."""
         flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
         try:
-            info = os.waitid(os.P_PID, self.process.pid, flags)
+            info = os.waitid(os.P_PID, self.pid, flags)
         except ChildProcessError:
             return -1
         if info is None:
@@ -304,25 +297,44 @@ class RunnerProcess:
         return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def close(self) -> None:
-        """SIGKILL the runner's process group, reap the runner, close the pipes."""
+        """SIGKILL the runner's process group, reap the runner and the rest of its group, close
+        the pipes."""
         if self.closed:
             return
         self.closed = True
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        try:
-            self.process.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            pass
-        for fd in (self.requests, self.replies):
+        _unreaped.add(self.pid)
+        _reap(time.monotonic() + 5.0)
+        for fd in (self.requests, self.replies, self.stdout):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+_unreaped: set[int] = set()
+"""Process groups of killed runners that still have processes to reap."""
+
+
+def _reap(deadline: float) -> None:
+    """Reap what is left of the killed runners' process groups, waiting until `deadline`; a
+    group not done by then is tried again by the next call. This process is a child subreaper
+    (`code_zygote.spawn`): when a runner dies before the program it forked (the pid namespace's
+    first process, in the runner's group), that program becomes our child, to reap here."""
+    while True:
+        for group in tuple(_unreaped):
             try:
-                os.close(fd)
-            except OSError:
-                pass
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+                while os.waitid(os.P_PGID, group, os.WEXITED | os.WNOHANG):
+                    pass
+            except ChildProcessError:  # no process of the group is left
+                _unreaped.discard(group)
+        if not _unreaped or time.monotonic() >= deadline:
+            return
+        time.sleep(0.0005)
 
 
 def _ms(seconds: float) -> int:

@@ -1,11 +1,11 @@
 """The untrusted side of `code_tests`: a process that runs a completion's code and nothing else.
 
-Started by `code_exec.py` as `python -I -c BOOT ROOT REQUESTS_FD REPLIES_FD` in its own session
-and an empty directory, stderr on /dev/null. It reads one spec from the requests pipe
-(`{"mode", "code", "policy", "load_s"}`), confines itself (`reward.isolation.confine`: the
-policy's layers and its resource limits, `memory_mb` included), moves into the policy's
-`write_dir`, and answers `{"confined": [layers]}` or `{"fatal": message}` on the replies pipe
-before any code of the completion runs. Then:
+Forked by the zygote (`code_zygote.py`, a clean `python -I` that never holds a test) in its own
+session and an empty directory, stderr on /dev/null, and adopted by the process that asked for
+it. It reads one spec from the requests pipe (`{"mode", "code", "policy", "load_s"}`), confines
+itself (`reward.isolation.confine`: the policy's layers and its resource limits, `memory_mb`
+included), moves into the policy's `write_dir`, and answers `{"confined": [layers]}` or
+`{"fatal": message}` on the replies pipe before any code of the completion runs. Then:
 
 - mode `program`: closes both pipes and runs the code as `__main__` with the stdin, stdout and
   exit status the judge gave it (a stdin/stdout case; one process per case).
@@ -26,13 +26,16 @@ can ignore the signal; the judge's own deadline and SIGKILL are the bound.
 
 Holds no secret: no expected output, no test source, no token; only call arguments arrive.
 Nothing here is trusted: the code it runs can replace any function of this module or write to
-its pipes, so the judge takes nothing from it but plain values. Standard library only (each
-start imports this module).
+its pipes, so the judge takes nothing from it but plain values. Standard library only (the
+zygote imports this module, and every runner is a fork of it).
 """
 
 from __future__ import annotations
 
+import atexit
 import builtins
+import contextlib
+import gc
 import os
 import signal
 import sys
@@ -51,10 +54,10 @@ class _Timeout(BaseException):
     """Raised by SIGALRM; a BaseException so that the code's `except Exception` lets it by."""
 
 
-def main() -> None:
-    """Entry point of the runner process (see the module docstring)."""
-    requests = os.fdopen(int(sys.argv[1]), "rb")
-    replies = int(sys.argv[2])
+def main(requests_fd: int, replies_fd: int) -> None:
+    """Entry point of the runner process (see the module docstring), given its pipes."""
+    requests = os.fdopen(requests_fd, "rb")
+    replies = replies_fd
     spec = wire.decode(requests.readline())
     policy = Policy(**spec["policy"])
     try:
@@ -77,11 +80,58 @@ def main() -> None:
 
 
 def _run_program(source: str) -> None:
-    """Run `source` as a script; its exceptions and `sys.exit` end this process as they would
-    end `python script.py`."""
+    """Run `source` as a script, then end this process with the exit status and output that
+    `python script.py` would have, in CPython's order: non-daemon threads joined, `atexit`
+    functions run, stdout and stderr flushed, the script's globals dropped (their `__del__`
+    methods run), stdout and stderr flushed again (120 if a flush fails); an exception is
+    shown by `sys.excepthook` and exits with 1, `sys.exit(code)` with `code`. Only the rest of
+    the interpreter's teardown is skipped (`os._exit`): it writes to every object inherited
+    from the zygote, which would copy each of their pages, ~10 ms."""
     sys.argv[:] = ["solution.py"]
-    code = compile(source, "<completion>", "exec")
-    exec(code, {"__name__": "__main__", "__builtins__": builtins})
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(source, "<completion>", "exec"), namespace)
+        status = 0
+    except SystemExit as e:
+        status = _exit_status(e.code)
+    except BaseException:
+        status = 1
+        with contextlib.suppress(BaseException):
+            sys.excepthook(*sys.exc_info())
+    with contextlib.suppress(BaseException):
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    flushed = _flush_std()
+    del namespace
+    with contextlib.suppress(BaseException):
+        gc.collect()
+    flushed = _flush_std() and flushed
+    os._exit(status if flushed else 120)
+
+
+def _flush_std() -> bool:
+    """Flush sys.stdout and sys.stderr; False if one of them fails."""
+    ok = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and not stream.closed:
+                stream.flush()
+        except BaseException:
+            ok = False
+    return ok
+
+
+def _exit_status(code: object) -> int:
+    """The exit status of `python` after `sys.exit(code)`."""
+    if code is None:
+        return 0
+    if not isinstance(code, int):
+        with contextlib.suppress(BaseException):
+            print(code, file=sys.stderr)
+        return 1
+    return int(code) & 0xFF if -(2**63) <= code < 2**63 else 255
 
 
 def _serve(source: str, load_s: float, requests, replies: int) -> None:

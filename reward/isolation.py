@@ -171,8 +171,8 @@ def confine(policy: Policy) -> list[str]:
             raise IsolationUnavailable(strict_message(missing))
     active: list[str] = []
     _pyseccomp()  # loaded while its library is still readable
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    die_with_parent()
+    adopt_orphans()
     active.append("parent-death signal and subreaper")
     if policy.level != "off" and policy.untrusted_code:
         if _enter_namespaces(policy):
@@ -191,6 +191,27 @@ def confine(policy: Policy) -> list[str]:
     if _seccomp(policy):
         active.append("seccomp")
     return active
+
+
+def preload() -> None:
+    """Import what `confine` loads (the Landlock and seccomp bindings and the interpreter's
+    build variables, which `sysconfig` reads once), so that a process forked from this one
+    confines itself without loading them."""
+    if landlock_abi():
+        import landlockpy.flags  # noqa: F401  (what `_landlock` imports)
+    _pyseccomp()
+    sysconfig.get_paths()
+
+
+def die_with_parent() -> None:
+    """Have Linux SIGKILL this process when its parent exits (a no-op elsewhere)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def adopt_orphans() -> None:
+    """Make this process a child subreaper: a descendant whose parent exits becomes its child
+    (Linux; a no-op elsewhere)."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 # -- what the machine offers ------------------------------------------------------------------
@@ -360,7 +381,7 @@ def _fork_into_namespace() -> None:
     child's status (a signal death is reported as 128 + the signal)."""
     pid = os.fork()
     if pid == 0:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # fork clears it
+        die_with_parent()  # fork clears it
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -450,8 +471,8 @@ def readable_roots(policy: Policy) -> list[str]:
     the system's shared libraries, and for reward functions the import path."""
     interpreter_dir = os.path.dirname(os.path.realpath(sys.executable))
     paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, interpreter_dir}
-    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
-        paths.add(sysconfig.get_paths()[name])
+    installation = sysconfig.get_paths()
+    paths |= {installation[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths |= {"/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache"}
     if not policy.untrusted_code:
         paths |= {p for p in sys.path if p}
