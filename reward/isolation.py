@@ -475,9 +475,27 @@ def readable_roots(policy: Policy) -> list[str]:
     paths |= {installation[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths |= {"/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache"}
     if not policy.untrusted_code:
-        paths |= {p for p in sys.path if p}
+        for entry in filter(None, sys.path):
+            paths |= set(_importable(entry, paths))
     paths |= set(policy.read_paths)
     return sorted(p for p in paths if os.path.exists(p))
+
+
+def _importable(entry: str, installation: set[str]) -> list[str]:
+    """What of an import-path entry a reward function may read: all of it inside the Python
+    installation; of any other folder (a source checkout, the job's working directory) only
+    its packages and modules, so the datasets, configs and runs beside them stay unreadable."""
+    real = os.path.realpath(entry)
+    if not os.path.isdir(real) or any(
+        real == root or real.startswith(root.rstrip("/") + "/") for root in installation
+    ):
+        return [entry]
+    found = []
+    for name in os.listdir(real):
+        path = os.path.join(real, name)
+        if name.endswith(".py") or os.path.isfile(os.path.join(path, "__init__.py")):
+            found.append(path)
+    return found
 
 
 def _landlock(policy: Policy) -> int:
