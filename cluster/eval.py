@@ -78,8 +78,13 @@ def evaluate_model(
     connect_ray(cfg)
     t0 = time.perf_counter()
     rollout = RolloutPool(cfg, model, run_id="eval")
-    rewards = RewardPool(cfg.reward, base_dir=Path.cwd(), num_cpus=cfg.cluster.reward_cpus,
-                         run_id="eval", run_dir=out_dir)  # fmt: skip
+    rewards = RewardPool(
+        cfg.reward,
+        base_dir=Path.cwd(),
+        num_cpus=cfg.cluster.reward_cpus,
+        run_id="eval",
+        run_dir=out_dir,
+    )
     try:
         health = Health(cfg, rollout, rewards)
         report = pass_at_k_report(cfg, health.rollout, health.rewards, prompts, k, n, temperature)
@@ -90,9 +95,15 @@ def evaluate_model(
 
 
 def run_eval(
-    target: str, overrides: list[str], checkpoint: str, k: int, n: int, temperature: float,
-    out: str, limit: int = 0,
-) -> dict:  # fmt: skip
+    target: str,
+    overrides: list[str],
+    checkpoint: str,
+    k: int,
+    n: int,
+    temperature: float,
+    out: str,
+    limit: int = 0,
+) -> dict:
     """Evaluate, print a summary, save the JSON; returns the results."""
     cfg, run = load_target(target, overrides)
     n = max(n, k)
@@ -111,7 +122,10 @@ def run_eval(
     )
     results["data.eval"] = dataclasses.asdict(cfg.data.eval)
     where.write_text(json.dumps(results, indent=1))
-    print(f"greedy accuracy {results['greedy/accuracy']:.3f} | pass@1 {results['pass@1']:.3f} | "
-          f"pass@{k} {results[f'pass@{k}']:.3f} | {results['prompts']} prompts | "
-          f"{results['time_s']:.0f}s -> {where}", flush=True)  # fmt: skip
+    print(
+        f"greedy accuracy {results['greedy/accuracy']:.3f} | pass@1 {results['pass@1']:.3f} | "
+        f"pass@{k} {results[f'pass@{k}']:.3f} | {results['prompts']} prompts | "
+        f"{results['time_s']:.0f}s -> {where}",
+        flush=True,
+    )
     return results

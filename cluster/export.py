@@ -84,8 +84,9 @@ def _from_checkpoint(run_dir: Path, ckpt: Path, out: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied(model)]
     if missing or unexpected:
-        raise ValueError(f"{ckpt}: weights do not fit {base}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")  # fmt: skip
+        raise ValueError(
+            f"{ckpt}: weights do not fit {base}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
 
@@ -131,5 +132,6 @@ def validate_folder(path: Path) -> None:
             found |= set(st.keys())
     missing, extra = expected - found, found - set(model.state_dict())
     if missing or extra:
-        raise ValueError(f"{path}: weights missing {sorted(missing)[:5]}, unexpected "
-                         f"{sorted(extra)[:5]}")  # fmt: skip
+        raise ValueError(
+            f"{path}: weights missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}"
+        )

@@ -61,13 +61,16 @@ class _Restarting:
                     return method(*args, **kwargs)
                 except RayActorError as e:
                     if attempt == MAX_RETRIES:
-                        raise RunStopped(f"{self.role} actor died {attempt + 1} times in a row "
-                                         f"during step {self.health.step}: {e}") from e  # fmt: skip
+                        raise RunStopped(
+                            f"{self.role} actor died {attempt + 1} times in a row "
+                            f"during step {self.health.step}: {e}"
+                        ) from e
                     restarted = self.pool.restart_dead()
                     self.health.restarts[self.role] += restarted
                     msg = f"{self.role} actor died during step {self.health.step}"
-                    print(f"{msg} ({type(e).__name__}); restarted {restarted}, retrying",
-                          flush=True)  # fmt: skip
+                    print(
+                        f"{msg} ({type(e).__name__}); restarted {restarted}, retrying", flush=True
+                    )
                     if self.after_restart:
                         self.after_restart()
 

@@ -69,9 +69,13 @@ class MetricsLog:
     otherwise (logs, `ray job submit`)."""
 
     def __init__(
-        self, path: Path, total_steps: int, console: bool = True, progress: str = "lines",
+        self,
+        path: Path,
+        total_steps: int,
+        console: bool = True,
+        progress: str = "lines",
         sinks: list | None = None,
-    ):  # fmt: skip
+    ):
         self.path, self.total_steps, self.console = path, total_steps, console
         self.sinks = sinks or []
         self.file = path.open("a")
@@ -87,8 +91,13 @@ class MetricsLog:
         from cluster.loggers import open_sinks
 
         log = cfg.logging
-        return cls(run_dir / "metrics.jsonl", cfg.trainer.steps, log.console, log.progress,
-                   open_sinks(cfg, run_dir))  # fmt: skip
+        return cls(
+            run_dir / "metrics.jsonl",
+            cfg.trainer.steps,
+            log.console,
+            log.progress,
+            open_sinks(cfg, run_dir),
+        )
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps(row) + "\n")
@@ -121,21 +130,32 @@ def progress_mode(progress: str) -> str:
 
 def format_short(row: dict[str, Any]) -> str:
     """The progress bar's postfix: reward, accuracy and seconds per step."""
-    fields = [("reward/mean", "reward {:.3f}"), ("accuracy", "acc {:.3f}"),
-              ("eval/accuracy", "eval acc {:.3f}"), ("time/step", "{:.1f}s/step")]  # fmt: skip
+    fields = [
+        ("reward/mean", "reward {:.3f}"),
+        ("accuracy", "acc {:.3f}"),
+        ("eval/accuracy", "eval acc {:.3f}"),
+        ("time/step", "{:.1f}s/step"),
+    ]
     return " | ".join(fmt.format(row[key]) for key, fmt in fields if key in row)
 
 
 def format_line(row: dict[str, Any], total_steps: int) -> str:
     parts = [f"step {row['step']:>3}/{total_steps}"]
     fields = [
-        ("reward/mean", "reward {:.3f}"), ("reward/std", "± {:.3f}"), ("accuracy", "acc {:.3f}"),
-        ("eval/accuracy", "EVAL acc {:.3f}"), ("eval/reward", "EVAL reward {:.3f}"),
+        ("reward/mean", "reward {:.3f}"),
+        ("reward/std", "± {:.3f}"),
+        ("accuracy", "acc {:.3f}"),
+        ("eval/accuracy", "EVAL acc {:.3f}"),
+        ("eval/reward", "EVAL reward {:.3f}"),
         ("rollout/completion_len", "len {:.1f}"),
-        ("train/kl", "kl {:.4f}"), ("train/clip_frac", "clip {:.3f}"),
-        ("train/grad_norm", "gnorm {:.2f}"), ("time/generate", "gen {:.1f}s"),
-        ("time/reward", "rew {:.1f}s"), ("time/train", "train {:.1f}s"),
-        ("time/push", "push {:.1f}s"), ("time/step", "= {:.1f}s"),
-    ]  # fmt: skip
+        ("train/kl", "kl {:.4f}"),
+        ("train/clip_frac", "clip {:.3f}"),
+        ("train/grad_norm", "gnorm {:.2f}"),
+        ("time/generate", "gen {:.1f}s"),
+        ("time/reward", "rew {:.1f}s"),
+        ("time/train", "train {:.1f}s"),
+        ("time/push", "push {:.1f}s"),
+        ("time/step", "= {:.1f}s"),
+    ]
     parts += [fmt.format(row[key]) for key, fmt in fields if key in row]
     return " | ".join(parts)

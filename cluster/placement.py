@@ -56,8 +56,11 @@ def demands(cfg: Config) -> list[tuple[str, dict[str, float]]]:
     """(role, bundle) for every bundle the run needs."""
     out = [("learner ranks", b) for b in learner_bundles(cfg)]
     if not cfg.cluster.colocate:
-        out += [("rollout engines", b) for _ in range(cfg.cluster.rollout_engines)
-                for b in engine_bundles(cfg)]  # fmt: skip
+        out += [
+            ("rollout engines", b)
+            for _ in range(cfg.cluster.rollout_engines)
+            for b in engine_bundles(cfg)
+        ]
     out += [("reward actors", reward_bundle(cfg)) for _ in range(cfg.reward.num_actors)]
     return out
 
@@ -78,10 +81,12 @@ def check_resources(cfg: Config, nodes: list[dict[str, float]] | None = None) ->
     problems = []
     for resource, amount in sorted(need.items()):
         if have[resource] + 1e-9 < amount:
-            parts = ", ".join(f"{role} {c[resource]:g}" for role, c in by_role.items()
-                              if c[resource])  # fmt: skip
-            problems.append(f"{resource}: needs {amount:g} ({parts}), the cluster has "
-                            f"{have[resource]:g}")  # fmt: skip
+            parts = ", ".join(
+                f"{role} {c[resource]:g}" for role, c in by_role.items() if c[resource]
+            )
+            problems.append(
+                f"{resource}: needs {amount:g} ({parts}), the cluster has {have[resource]:g}"
+            )
     if not cfg.cluster.colocate:
         engine = Counter()
         for b in engine_bundles(cfg):
@@ -150,11 +155,16 @@ def reserve(cfg: Config, run_id: str) -> Placement:
     """Check the cluster, then reserve every placement group (named after the run)."""
     check_resources(cfg)
     c = cfg.cluster
-    engines = [] if c.colocate else [
-        placement_group(engine_bundles(cfg), strategy="STRICT_PACK",
-                        name=f"cohort-{run_id}-rollout-{i}")
-        for i in range(c.rollout_engines)
-    ]  # fmt: skip
+    engines = (
+        []
+        if c.colocate
+        else [
+            placement_group(
+                engine_bundles(cfg), strategy="STRICT_PACK", name=f"cohort-{run_id}-rollout-{i}"
+            )
+            for i in range(c.rollout_engines)
+        ]
+    )
     learner = placement_group(
         learner_bundles(cfg), strategy="PACK", name=f"cohort-{run_id}-learner"
     )
@@ -174,7 +184,9 @@ def report(rollout, learner, rewards) -> dict[str, list[dict[str, str]]]:
     to `<run dir>/placement.json`)."""
     roles = {"rollout": rollout.actors, "learner": learner.ranks, "reward": rewards.actors}
     return {
-        role: [{"index": i, "node_id": node}
-               for i, node in enumerate(ray.get([a.node_id.remote() for a in actors]))]
+        role: [
+            {"index": i, "node_id": node}
+            for i, node in enumerate(ray.get([a.node_id.remote() for a in actors]))
+        ]
         for role, actors in roles.items()
-    }  # fmt: skip
+    }

@@ -16,14 +16,24 @@ from pathlib import Path
 PANELS = [
     ("reward", [("reward/mean", "train (mean)"), ("eval/reward", "eval (greedy)")]),
     ("accuracy", [("accuracy", "train samples"), ("eval/accuracy", "eval (greedy)")]),
-    ("completion length (tokens)",
-     [("rollout/completion_len", "train mean"), ("eval/completion_len", "eval mean")]),
+    (
+        "completion length (tokens)",
+        [("rollout/completion_len", "train mean"), ("eval/completion_len", "eval mean")],
+    ),
     ("KL", [("train/kl", "policy || reference"), ("train/mismatch_kl", "vLLM vs learner")]),
     ("clip fraction", [("train/clip_frac", "clipped tokens")]),
-    ("seconds per phase", [("time/generate", "generate"), ("time/reward", "reward"),
-                           ("time/train", "train"), ("time/push", "push"),
-                           ("time/eval", "eval"), ("time/step", "whole step")]),
-]  # fmt: skip
+    (
+        "seconds per phase",
+        [
+            ("time/generate", "generate"),
+            ("time/reward", "reward"),
+            ("time/train", "train"),
+            ("time/push", "push"),
+            ("time/eval", "eval"),
+            ("time/step", "whole step"),
+        ],
+    ),
+]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -80,8 +90,15 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
         if drawn:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "not logged by this run", ha="center", va="center",
-                    transform=ax.transAxes, color="gray")  # fmt: skip
+            ax.text(
+                0.5,
+                0.5,
+                "not logged by this run",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="gray",
+            )
     fig.suptitle(f"{run_dir} ({max(r['step'] for r in rows)} steps)")
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -43,8 +43,12 @@ class VllmTransferTransport:
         if backend == "nccl":
             master = ray.get(learner.ranks[0].node_address.remote())
         world_size = 1 + len(rollout.actors) * tp
-        ray.get([r.init_weight_transfer.remote(backend, rollout.actors, master, world_size)
-                 for r in learner.ranks])  # fmt: skip
+        ray.get(
+            [
+                r.init_weight_transfer.remote(backend, rollout.actors, master, world_size)
+                for r in learner.ranks
+            ]
+        )
 
     def push(self, learner: LearnerGroup, rollout: RolloutPool, version: int) -> None:
         import ray

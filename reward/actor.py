@@ -112,8 +112,10 @@ class RewardActor:
         for (fi, gi, si), results in zip(where, self._run(tasks), strict=True):
             for j, outcome in enumerate(results):
                 outcomes[gi][si + j][fi] = outcome
-        return [[combine(self.functions, o, self.on_failure, self.failure_score) for o in row]
-                for row in outcomes]  # fmt: skip
+        return [
+            [combine(self.functions, o, self.on_failure, self.failure_score) for o in row]
+            for row in outcomes
+        ]
 
     def _run(self, tasks: list[Task]) -> list[list[Outcome]]:
         """Each task run in the sandbox of its function, in task order."""

@@ -175,9 +175,16 @@ def regex_match(
 
 
 def length(
-    completion: str, *, prompt: str, answer: str, row: dict, num_tokens: int = -1,
-    unit: str = "tokens", scale: float = 1.0, **kwargs,
-) -> float:  # fmt: skip
+    completion: str,
+    *,
+    prompt: str,
+    answer: str,
+    row: dict,
+    num_tokens: int = -1,
+    unit: str = "tokens",
+    scale: float = 1.0,
+    **kwargs,
+) -> float:
     """`scale` x the completion's length in `unit` (`tokens`, or `chars`). With a negative weight
     it penalises every token (e.g. `weight: -0.001`)."""
     return scale * _length(completion, num_tokens, unit)

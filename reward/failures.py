@@ -30,14 +30,23 @@ def failure_records(groups: list[Group], scores: list[list[Score]], call: int) -
     for g, row in zip(groups, scores, strict=True):
         for j, (sample, s) in enumerate(zip(g.samples, row, strict=True)):
             for name, error in s.errors.items():
-                records.append({
-                    "time": now, "call": call, "function": name,
-                    "kind": s.kinds.get(name, "exception"), "error": error,
-                    "traceback": s.tracebacks.get(name, ""), "prompt_id": g.prompt.id,
-                    "sample": j, "prompt": g.prompt.text, "answer": g.prompt.answer,
-                    "row": g.prompt.fields, "completion": sample.text,
-                    "finish_reason": sample.finish_reason,
-                })  # fmt: skip
+                records.append(
+                    {
+                        "time": now,
+                        "call": call,
+                        "function": name,
+                        "kind": s.kinds.get(name, "exception"),
+                        "error": error,
+                        "traceback": s.tracebacks.get(name, ""),
+                        "prompt_id": g.prompt.id,
+                        "sample": j,
+                        "prompt": g.prompt.text,
+                        "answer": g.prompt.answer,
+                        "row": g.prompt.fields,
+                        "completion": sample.text,
+                        "finish_reason": sample.finish_reason,
+                    }
+                )
     return records
 
 
@@ -62,8 +71,9 @@ def failure_rate_error(
     failed = [s for s in flat if worst in s.errors]
     if worst is None or len(failed) <= max_rate * len(flat):
         return None
-    (error, count), = Counter(f"{s.kinds.get(worst, 'exception')}: {s.errors[worst]}"
-                              for s in failed).most_common(1)  # fmt: skip
+    ((error, count),) = Counter(
+        f"{s.kinds.get(worst, 'exception')}: {s.errors[worst]}" for s in failed
+    ).most_common(1)
     return (
         f"reward function `{worst}` failed on {len(failed)} of {len(flat)} samples in one "
         f"scoring call ({len(failed) / len(flat):.0%} > reward.max_failure_rate={max_rate:g}); "

@@ -37,17 +37,27 @@ class RewardPool:
     """Handles to `cfg.num_actors` `RewardActor`s, named `[<run_id>-]cohort-reward-<i>`."""
 
     def __init__(
-        self, cfg: RewardConfig, base_dir: str | Path, num_cpus: float, run_id: str = "",
-        resources: dict[str, float] | None = None, run_dir: str | Path | None = None,
-    ):  # fmt: skip
+        self,
+        cfg: RewardConfig,
+        base_dir: str | Path,
+        num_cpus: float,
+        run_id: str = "",
+        resources: dict[str, float] | None = None,
+        run_dir: str | Path | None = None,
+    ):
         """`resources`: extra Ray resources per actor (`cluster.reward_resources`); `run_dir`:
         where the failures log goes (None: no log)."""
         self.cfg = cfg
         self.failures_log = Path(run_dir) / FAILURES_LOG if run_dir else None
         self.calls = 0
-        sandbox = {"workers": cfg.workers_per_actor, "timeout_s": cfg.timeout_s,
-                   "memory_limit_mb": cfg.memory_limit_mb, "cpu_limit_s": cfg.cpu_limit_s,
-                   "max_processes": cfg.max_processes, "isolation": cfg.isolation}  # fmt: skip
+        sandbox = {
+            "workers": cfg.workers_per_actor,
+            "timeout_s": cfg.timeout_s,
+            "memory_limit_mb": cfg.memory_limit_mb,
+            "cpu_limit_s": cfg.cpu_limit_s,
+            "max_processes": cfg.max_processes,
+            "isolation": cfg.isolation,
+        }
         self.prefix = f"{run_id}-" if run_id else ""
         self.actor_class = ray.remote(num_cpus=num_cpus, resources=resources or {})(RewardActor)
         # User files are read here, once: restarted actors and workers get these same bytes.
@@ -55,9 +65,13 @@ class RewardPool:
         if run_dir:
             (Path(run_dir) / SOURCES_FILE).write_text(json.dumps(source_hashes(sources), indent=1))
         self.args = (
-            [dataclasses.asdict(f) for f in cfg.functions], cfg.on_failure, cfg.failure_score,
-            str(base_dir), sandbox, sources,
-        )  # fmt: skip
+            [dataclasses.asdict(f) for f in cfg.functions],
+            cfg.on_failure,
+            cfg.failure_score,
+            str(base_dir),
+            sandbox,
+            sources,
+        )
         self.actors = [self._start(i) for i in range(cfg.num_actors)]
         # Waiting here surfaces a bad reward config now, not at the first step.
         try:
@@ -82,8 +96,12 @@ class RewardPool:
         self.calls += 1
         if self.failures_log is not None:
             append_failures(self.failures_log, failure_records(groups, scores, self.calls))
-        error = failure_rate_error(scores, self.function_names, self.cfg.max_failure_rate,
-                                   self.cfg.failure_rate_min_samples)  # fmt: skip
+        error = failure_rate_error(
+            scores,
+            self.function_names,
+            self.cfg.max_failure_rate,
+            self.cfg.failure_rate_min_samples,
+        )
         if error:
             where = self.failures_log or "no failures log: the pool was given no run_dir"
             raise RewardFailureRateExceeded(f"{error} Failures log: {where}")

@@ -48,10 +48,18 @@ def remote_rm(
     send = {"Content-Type": "application/json"} | (headers or {})
 
     def one(i: int) -> Any:
-        body = json.dumps({"prompt": prompts[i], "completion": completions[i],
-                           "answer": answers[i], "row": rows[i]}, default=str)  # fmt: skip
-        return _post_with_retries(url, body.encode(), send, timeout_s, retries, backoff_s,
-                                  response_key)  # fmt: skip
+        body = json.dumps(
+            {
+                "prompt": prompts[i],
+                "completion": completions[i],
+                "answer": answers[i],
+                "row": rows[i],
+            },
+            default=str,
+        )
+        return _post_with_retries(
+            url, body.encode(), send, timeout_s, retries, backoff_s, response_key
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
         return list(pool.map(one, range(len(completions))))
@@ -61,9 +69,14 @@ remote_rm.batched = True  # type: ignore[attr-defined]
 
 
 def _post_with_retries(
-    url: str, body: bytes, headers: dict, timeout_s: float, retries: int, backoff_s: float,
+    url: str,
+    body: bytes,
+    headers: dict,
+    timeout_s: float,
+    retries: int,
+    backoff_s: float,
     response_key: str,
-) -> Any:  # fmt: skip
+) -> Any:
     last = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -91,7 +104,8 @@ def _score(url: str, raw: bytes, response_key: str) -> Any:
         return RemoteRewardError(f"{url} answered non-JSON: {raw[:200]!r}")
     if isinstance(data, dict):
         if response_key not in data:
-            return RemoteRewardError(f"{url} answered {data!r:.200} without {response_key!r} "
-                                     "(set kwargs.response_key)")  # fmt: skip
+            return RemoteRewardError(
+                f"{url} answered {data!r:.200} without {response_key!r} (set kwargs.response_key)"
+            )
         data = data[response_key]
     return data  # checked as a number (or dict of numbers) by the scorer

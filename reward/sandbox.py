@@ -81,8 +81,14 @@ class Sandbox:
     ):
         granted = {name for d in function_configs for name in d.get("env") or ()}
         granted_env = {k: v for k, v in os.environ.items() if k in granted}
-        self.args = (function_configs, str(base_dir), limits or Limits(), sources or {},
-                     policy or Policy(untrusted_code=False), granted_env)  # fmt: skip
+        self.args = (
+            function_configs,
+            str(base_dir),
+            limits or Limits(),
+            sources or {},
+            policy or Policy(untrusted_code=False),
+            granted_env,
+        )
         self.layers: list[str] = []
         """The isolation layers the workers reported active."""
         self.timeout_s = timeout_s
@@ -103,8 +109,10 @@ class Sandbox:
                         why = w.malformed or _describe_exit(w.process.exitcode)
                         raise RuntimeError(f"a reward worker died while starting ({why})")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"reward workers did not load the reward functions "
-                                       f"within {START_TIMEOUT_S:.0f} s")  # fmt: skip
+                    raise RuntimeError(
+                        f"reward workers did not load the reward functions "
+                        f"within {START_TIMEOUT_S:.0f} s"
+                    )
         except BaseException:
             self.close()
             raise
@@ -122,10 +130,14 @@ class Sandbox:
                     ids = [pending.popleft() for _ in range(min(chunk, len(pending)))]
                     self._send(w, ids, tasks, pending)
             waiting = [w for w in self.workers if w.inflight or not w.ready]
-            deadlines = [w.since + self.timeout_s if w.inflight else w.started + START_TIMEOUT_S
-                         for w in waiting]  # fmt: skip
-            wait([w.conn for w in waiting] + [w.process.sentinel for w in waiting],
-                 timeout=max(0.0, min(deadlines, default=0.0) - time.monotonic()))  # fmt: skip
+            deadlines = [
+                w.since + self.timeout_s if w.inflight else w.started + START_TIMEOUT_S
+                for w in waiting
+            ]
+            wait(
+                [w.conn for w in waiting] + [w.process.sentinel for w in waiting],
+                timeout=max(0.0, min(deadlines, default=0.0) - time.monotonic()),
+            )
             for i, w in enumerate(self.workers):
                 self.workers[i] = self._check(w, tasks, results, pending)
         return results  # type: ignore[return-value]
@@ -201,13 +213,17 @@ class Sandbox:
         overdue = bool(w.inflight) and time.monotonic() > w.since + self.timeout_s
         if alive and not overdue:
             if not w.ready and time.monotonic() > w.started + START_TIMEOUT_S:
-                raise RuntimeError(f"a reward worker did not load the reward functions within "
-                                   f"{START_TIMEOUT_S:.0f} s")  # fmt: skip
+                raise RuntimeError(
+                    f"a reward worker did not load the reward functions within "
+                    f"{START_TIMEOUT_S:.0f} s"
+                )
             return w
         _kill(w)
         if not w.ready:
-            raise RuntimeError(f"a reward worker died while loading the reward functions "
-                               f"({_describe_exit(w.process.exitcode)})")  # fmt: skip
+            raise RuntimeError(
+                f"a reward worker died while loading the reward functions "
+                f"({_describe_exit(w.process.exitcode)})"
+            )
         if w.inflight:
             task_id = w.inflight.popleft()
             n = len(tasks[task_id][2])
@@ -217,8 +233,10 @@ class Sandbox:
                 error = f"WorkerCrashed: the worker sent a malformed reply ({w.malformed})"
             elif alive:  # overdue
                 kind, seconds = "timeout", self.timeout_s / n
-                error = (f"TimeoutError: no result within reward.timeout_s={self.timeout_s:g} s; "
-                         "the worker was killed")  # fmt: skip
+                error = (
+                    f"TimeoutError: no result within reward.timeout_s={self.timeout_s:g} s; "
+                    "the worker was killed"
+                )
             else:
                 kind, error = _crash(w.process.exitcode)
             results[task_id] = [Outcome.failure(kind, error, seconds=seconds)] * n

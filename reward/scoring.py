@@ -52,8 +52,14 @@ class CallInput:
 
     @classmethod
     def of(cls, prompt: Prompt, sample: Sample) -> CallInput:
-        return cls(sample.text, prompt.text, prompt.answer, prompt.fields,
-                   len(sample.completion_token_ids), sample.finish_reason)  # fmt: skip
+        return cls(
+            sample.text,
+            prompt.text,
+            prompt.answer,
+            prompt.fields,
+            len(sample.completion_token_ids),
+            sample.finish_reason,
+        )
 
 
 @dataclass
@@ -85,16 +91,20 @@ def checked(
             raise ValueError(f"returned a dict of {len(value)} parts, expected 1 to {MAX_PARTS}")
         bad = [k for k in value if not isinstance(k, str) or not _PART_NAME.fullmatch(k)]
         if bad:
-            raise TypeError(f"returned a dict with key {bad[0]!r:.80}, expected names of "
-                            "letters, digits, '_', '.' or '-' (at most 64)")  # fmt: skip
+            raise TypeError(
+                f"returned a dict with key {bad[0]!r:.80}, expected names of "
+                "letters, digits, '_', '.' or '-' (at most 64)"
+            )
         parts = {k: _finite(v, f"[{k!r}]") for k, v in value.items()}
         score = math.fsum(parts.values())
     else:
         score, parts = _finite(value, ""), {}
     low, high = bounds
     if not low <= score <= high:
-        raise ValueError(f"returned {score:g}, outside the function's range [{low:g}, {high:g}] "
-                         "(reward.functions[i].range)")  # fmt: skip
+        raise ValueError(
+            f"returned {score:g}, outside the function's range [{low:g}, {high:g}] "
+            "(reward.functions[i].range)"
+        )
     return score, parts
 
 
@@ -114,8 +124,7 @@ def call_function(f: RewardFunction, x: CallInput) -> Outcome:
     extra = {name: getattr(x, name) for name in f.inputs}
     t0 = time.perf_counter()
     try:
-        value = f.fn(x.completion, prompt=x.prompt, answer=x.answer, row=x.row, **extra,
-                     **f.kwargs)  # fmt: skip
+        value = f.fn(x.completion, prompt=x.prompt, answer=x.answer, row=x.row, **extra, **f.kwargs)
     except Exception as e:  # any error in user code is a per-sample failure
         return _raised(e, time.perf_counter() - t0)
     return _judged(value, time.perf_counter() - t0, f.range)
@@ -128,18 +137,27 @@ def call_batched(f: RewardFunction, xs: list[CallInput]) -> list[Outcome]:
     extra = {name + "s": [getattr(x, name) for x in xs] for name in f.inputs}
     t0 = time.perf_counter()
     try:
-        values = f.fn([x.completion for x in xs], prompts=[x.prompt for x in xs],
-                      answers=[x.answer for x in xs], rows=[x.row for x in xs], **extra,
-                      **f.kwargs)  # fmt: skip
+        values = f.fn(
+            [x.completion for x in xs],
+            prompts=[x.prompt for x in xs],
+            answers=[x.answer for x in xs],
+            rows=[x.row for x in xs],
+            **extra,
+            **f.kwargs,
+        )
     except Exception as e:
         return [_raised(e, (time.perf_counter() - t0) / len(xs))] * len(xs)
     seconds = (time.perf_counter() - t0) / len(xs)
     if not isinstance(values, (list, tuple)) or len(values) != len(xs):
-        error = (f"TypeError: batched function returned {values!r:.100}, expected a list of "
-                 f"{len(xs)} values")  # fmt: skip
+        error = (
+            f"TypeError: batched function returned {values!r:.100}, expected a list of "
+            f"{len(xs)} values"
+        )
         return [Outcome.failure("invalid", error, seconds=seconds)] * len(xs)
-    return [_raised(v, seconds) if isinstance(v, Exception) else _judged(v, seconds, f.range)
-            for v in values]  # fmt: skip
+    return [
+        _raised(v, seconds) if isinstance(v, Exception) else _judged(v, seconds, f.range)
+        for v in values
+    ]
 
 
 def _raised(e: BaseException, seconds: float) -> Outcome:
@@ -221,8 +239,9 @@ def reward_metrics(scores: list[list[Score]], function_names: list[str]) -> dict
         metrics[f"reward/{name}/mean"] = _mean([s.components[name] for s in ok])
         parts = sorted({k for s in ok for k in s.components if k.startswith(name + "/")})
         for part in parts:
-            metrics[f"reward/{part}/mean"] = _mean([s.components[part] for s in ok
-                                                    if part in s.components])  # fmt: skip
+            metrics[f"reward/{part}/mean"] = _mean(
+                [s.components[part] for s in ok if part in s.components]
+            )
         metrics[f"reward/{name}/errors"] = float(len(flat) - len(ok))
         kinds = Counter(s.kinds.get(name, "exception") for s in flat if name in s.errors)
         for kind in KINDS:

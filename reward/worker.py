@@ -72,8 +72,10 @@ def worker_main(
     os.closerange(3, conn.fileno())
     os.closerange(conn.fileno() + 1, _max_fd())
     try:
-        cfgs = [from_dict(RewardFunctionConfig, d, prefix=f"reward.functions[{i}].")
-                for i, d in enumerate(function_configs)]  # fmt: skip
+        cfgs = [
+            from_dict(RewardFunctionConfig, d, prefix=f"reward.functions[{i}].")
+            for i, d in enumerate(function_configs)
+        ]
         functions = load_reward_functions(cfgs, Path(base_dir), sources)
         _limit_memory(limits.memory_limit_mb)
         _limit_processes(limits.max_processes)

@@ -92,8 +92,10 @@ class RolloutActor:
                     backend=weight_transport
                 )
             if c.rollout_tp > 1:
-                gpu_options |= {"tensor_parallel_size": c.rollout_tp,
-                                "distributed_executor_backend": "ray"}  # fmt: skip
+                gpu_options |= {
+                    "tensor_parallel_size": c.rollout_tp,
+                    "distributed_executor_backend": "ray",
+                }
             if c.colocate:
                 gpu_options["enable_sleep_mode"] = True
         self.llm = LLM(
@@ -110,9 +112,14 @@ class RolloutActor:
         self.version = 0
 
     def generate(
-        self, prompts: list[Prompt], n: int, temperature: float, top_p: float, max_tokens: int,
+        self,
+        prompts: list[Prompt],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
         seed: int | None = None,
-    ) -> list[Group]:  # fmt: skip
+    ) -> list[Group]:
         """Sample n completions per prompt; temperature 0 means greedy. With `seed`, the
         engine's sampling RNG is reset first, so a step's samples depend only on the seed and
         the weights (what makes a resumed run repeat the uninterrupted one)."""
@@ -158,8 +165,9 @@ class RolloutActor:
     # an engine actor; each forwards to the engine's workers like vLLM's AsyncLLM does.
 
     def init_weight_transfer_engine(self, request) -> None:
-        self.llm.collective_rpc("init_weight_transfer_engine",
-                                kwargs={"init_info": request.init_info})  # fmt: skip
+        self.llm.collective_rpc(
+            "init_weight_transfer_engine", kwargs={"init_info": request.init_info}
+        )
 
     def shutdown_weight_transfer_engine(self) -> None:
         self.llm.collective_rpc("shutdown_weight_transfer_engine")

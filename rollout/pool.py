@@ -36,9 +36,10 @@ class RolloutPool:
     def _start(self, i: int):
         cfg = self.cfg
         options = (
-            self.placement.rollout_options(i) if self.placement
+            self.placement.rollout_options(i)
+            if self.placement
             else {"num_cpus": cfg.cluster.rollout_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
-        )  # fmt: skip
+        )
         return (
             ray.remote(RolloutActor)
             .options(
@@ -79,7 +80,7 @@ class RolloutPool:
                 top_p if temperature > 0 else 1.0,
                 max_tokens,
                 None if seed is None else seed + 7919 * i,
-            )  # fmt: skip
+            )
             for i, (a, chunk) in enumerate(zip(self.actors, chunks))
             if chunk
         ]
