@@ -66,3 +66,45 @@ def scored(groups, rewards, valid=None):
                     list(rs), list(vs), [0.0] * len(rs))
         for g, rs, vs in zip(groups, rewards, valid, strict=True)
     ]  # fmt: skip
+
+
+def short_temp_dir(prefix: str = "cohort-ray-") -> str:
+    """A new folder under /tmp for a test's own Ray cluster (`ray start --temp-dir`): Ray's unix
+    sockets live there, and their paths must stay under 108 bytes."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def stop_ray_cluster(*temp_dirs: str, grace_s: float = 10.0) -> None:
+    """Stop the Ray processes of the cluster a test started, found by the `--temp-dir` folders
+    in their command lines: SIGTERM, then SIGKILL after `grace_s`. Unlike `ray stop --force`,
+    this leaves every other Ray on the machine running (another suite's, a user's)."""
+    import shutil
+
+    import psutil
+
+    me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+
+    def ours() -> list:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            line = " ".join(p.info["cmdline"] or [])
+            if p.pid not in me and any(d in line for d in temp_dirs):
+                found.append(p)
+        return found
+
+    procs = ours()
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive + ours():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for d in temp_dirs:
+        shutil.rmtree(d, ignore_errors=True)

@@ -12,16 +12,14 @@ config (every non-time value to 1e-6 relative).
 """
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ray_cli, run_cohort
-from tests.e2e.test_job_submit import free_port
+from tests.conftest import REPO, ray_cli, run_cohort, short_temp_dir, stop_ray_cluster
+from tests.e2e.test_job_submit import free_port, submit_job
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +39,11 @@ def metrics(out: Path) -> tuple[list[dict], Path]:
 def test_three_node_cluster_places_and_matches_single_node(tiny_model, tmp_path):
     ray, env = ray_cli()
     gcs, dash = free_port(), free_port()
-    # short paths: Ray's unix sockets live there and must stay under 108 bytes
-    short_dirs = [tempfile.mkdtemp(prefix="cohort-ray-", dir="/tmp") for _ in range(2)]
+    short_dirs = [short_temp_dir() for _ in range(3)]
     nodes = [
         ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--include-dashboard=true", "--num-cpus=1", '--resources={"head_node": 1}'],
+         "--include-dashboard=true", "--num-cpus=1", '--resources={"head_node": 1}',
+         f"--temp-dir={short_dirs[2]}"],
         [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"rollout_node": 2}',
          f"--temp-dir={short_dirs[0]}"],
         [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"learner_node": 2}',
@@ -66,12 +64,10 @@ def test_three_node_cluster_places_and_matches_single_node(tiny_model, tmp_path)
                   f"--working-dir={REPO}", "--", "python", "-m", "cluster", "train",
                   "configs/smoke.yaml", f"model.path={tiny_model}", f"trainer.output_dir={out}",
                   *COMMON, *PINNED]  # fmt: skip
-        job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+        job = submit_job(submit, env)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        for d in short_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        stop_ray_cluster(*short_dirs)  # this cluster only, not every Ray on the machine
 
     rows, run = metrics(out)
     placement = json.loads((run / "placement.json").read_text())
