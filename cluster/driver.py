@@ -29,7 +29,7 @@ from cluster.ray_setup import connect_ray
 from cluster.transport import make_transport, resolve_transport
 from core import faults
 from core.config import Config, dump_yaml, reward_function_name
-from learner.group import LearnerGroup
+from learner.ranks import LearnerRanks
 from reward.pool import RewardPool
 from reward.scoring import reward_metrics
 from rollout.pool import RolloutPool
@@ -80,7 +80,7 @@ def train(cfg: Config) -> Path:
     )
     for name, layers in rewards.isolation.items():
         print(f"reward sandbox of {name}: {', '.join(layers) or 'none'}", flush=True)
-    learner = LearnerGroup(cfg, model_path, run_id, placement)
+    learner = LearnerRanks(cfg, model_path, run_id, placement)
     (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))
     transport = make_transport(cfg, learner, rollout)
     health = Health(cfg, rollout, rewards, learner, transport)

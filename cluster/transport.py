@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from learner.group import LearnerGroup
+from learner.ranks import LearnerRanks
 from rollout.pool import RolloutPool
 
 
 class WeightTransport(Protocol):
-    def push(self, learner: LearnerGroup, rollout: RolloutPool, version: int) -> None:
+    def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
         """Make every engine hold the learner's current weights, tagged with `version`."""
 
 
@@ -25,7 +25,7 @@ class ObjectStoreTransport:
     def __init__(self, dtype: str):
         self.dtype = dtype
 
-    def push(self, learner: LearnerGroup, rollout: RolloutPool, version: int) -> None:
+    def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
         refs = learner.export_weights(self.dtype)
         rollout.load_weights(refs, version)
 
@@ -36,7 +36,7 @@ class VllmTransferTransport:
     drives the engines' start / update / finish protocol. A thin layer: the transfer itself is
     vLLM's tested code."""
 
-    def __init__(self, backend: str, learner: LearnerGroup, rollout: RolloutPool, tp: int):
+    def __init__(self, backend: str, learner: LearnerRanks, rollout: RolloutPool, tp: int):
         import ray
 
         master = None
@@ -50,7 +50,7 @@ class VllmTransferTransport:
             ]
         )
 
-    def push(self, learner: LearnerGroup, rollout: RolloutPool, version: int) -> None:
+    def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
         import ray
 
         ray.get([r.send_weights.remote() for r in learner.ranks])
@@ -68,7 +68,7 @@ def resolve_transport(cfg) -> str:
     return "ipc" if c.colocate else "nccl"
 
 
-def make_transport(cfg, learner: LearnerGroup, rollout: RolloutPool) -> WeightTransport:
+def make_transport(cfg, learner: LearnerRanks, rollout: RolloutPool) -> WeightTransport:
     name = resolve_transport(cfg)
     if name == "object_store":
         return ObjectStoreTransport(cfg.model.rollout_dtype)

@@ -1,13 +1,14 @@
-"""Advantage estimators: one scalar advantage per sample from the rewards of its group.
+"""Advantage estimators: one scalar advantage per sample from the rewards of its group (step 3
+of the objective; `learner/grpo.py` gives the whole reading order).
 
 Guarantees: pure tensor functions (no Ray, DeepSpeed or config imports); every estimator takes
 rewards and a validity mask of shape [P, G] (P prompts, G samples each) and returns [P, G];
 invalid samples (a failed reward) get advantage 0 and never enter a mean or a std; a group with
-fewer than two valid samples has no baseline and gets 0. `ADVANTAGE_ESTIMATORS` maps the
-config's `algorithm.advantage_estimator` names to these functions; a group whose valid rewards
-are all equal gets exactly 0 from every estimator (before batch whitening). Not covered:
-per-token advantages (outcome rewards only; a KL penalty in the reward is folded into the
-sequence reward before this step).
+fewer than two valid samples has no baseline and gets 0; a group whose valid rewards are all
+equal gets exactly 0 from every estimator (before batch whitening). `ADVANTAGE_ESTIMATORS` maps
+each name of `algorithm.advantage_estimator` (`core/choices.py`) to its function. Not covered:
+per-token advantages (outcome rewards only); the KL penalty in the reward, which is subtracted
+from the rewards before they get here (`grpo.kl_penalized_rewards`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-STD_NORMALIZATIONS = ("group", "batch", "none")
+from core.choices import STD_NORMALIZATIONS
 
 
 def _group_stats(rewards: torch.Tensor, valid: torch.Tensor):

@@ -1,4 +1,6 @@
-"""Turning scored groups into padded tensors for the learner.
+"""Turning scored groups into padded tensors for the learner: `flatten` the groups, split the
+samples over ranks, mini-batches and micro-batches (`BatchPlan`), and collate one rank's
+micro-batches (`rank_batch`).
 
 Guarantees: sequences are prompt + completion with every completion starting at the same
 column; `mask[b, t]` is 1 exactly where `targets[b, t]` is a completion token of a usable
@@ -213,3 +215,38 @@ def _split_to_count(batches: list[list[int]], count: int, lengths: list[int]) ->
         half = (len(batches[j]) + 1) // 2
         batches[j : j + 1] = [batches[j][:half], batches[j][half:]]
     return batches
+
+
+@dataclass
+class RankBatch:
+    """A batch as one rank trains on it: how the whole batch is split, the loss tokens of every
+    sample (each rank holds the whole batch, so loss normalisers count all of it) and this
+    rank's share collated into micro-batches."""
+
+    plan: BatchPlan
+    micro_indices: list[list[int]]
+    """This rank's micro-batches as flat sample indices, in training order."""
+    micro: list[MicroBatch]
+    """`micro_indices` collated, one each."""
+    loss_tokens: list[int]  # [P * G]
+    """Each sample's tokens that enter the loss (0 for a sample that does not)."""
+
+    def minibatch_counts(self, i: int) -> tuple[float, float]:
+        """Loss tokens and sequences with any, over all ranks, in micro-batch i's mini-batch."""
+        return self.plan.minibatch_counts(self.loss_tokens, self.micro_indices[i][0])
+
+    def ends_minibatch(self, i: int) -> bool:
+        """Micro-batch i is its mini-batch's last on this rank (the optimizer steps after it)."""
+        if i + 1 == len(self.micro_indices):
+            return True
+        update = self.plan.update_of
+        return update(self.micro_indices[i][0]) != update(self.micro_indices[i + 1][0])
+
+
+def rank_batch(samples: list[FlatSample], plan: BatchPlan, rank: int, pad_id: int) -> RankBatch:
+    """`samples` (the whole batch, flat) with `rank`'s micro-batches under `plan` collated."""
+    lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
+    micro_indices = plan.micro_batches(rank, lengths)
+    micro = [collate([samples[i] for i in ids], pad_id) for ids in micro_indices]
+    loss_tokens = [len(s.completion_ids) if s.valid else 0 for s in samples]
+    return RankBatch(plan, micro_indices, micro, loss_tokens)

@@ -1,13 +1,26 @@
-"""The GRPO-family objective, put together from the pieces in `advantages.py` and `losses.py`.
+"""The GRPO-family math in the order of the paper, and the map of where each step lives.
 
-One function, `policy_loss`, covers GRPO (DeepSeekMath, arXiv:2402.03300, eq. 3), Dr. GRPO,
-DAPO and GSPO: they differ only in the advantage estimator, the ratio level, the clip bounds and
-the loss aggregation, all passed in. Guarantees: pure tensor functions (no Ray, DeepSpeed or
-config imports); masked positions never contribute; the returned loss is the micro-batch's
-exact share of the mini-batch loss (see `losses.aggregate_loss`). Not covered: how the batch is
-split into micro-batches and ranks (`learner/actor.py`).
+GRPO (DeepSeekMath, arXiv:2402.03300, sec. 4.1), as the learner applies it to one batch:
 
-Shapes: B = sequences in a micro-batch, T = completion positions, V = vocabulary.
+1. Log-probabilities of the sampled tokens under the policy, the old policy and the reference
+   model, at the sampling temperature: `token_logprobs` (and `entropy_from_logits`), here.
+2. Rewards: the reward side's final rewards (`reward/shaping.py`, `ScoredGroup.rewards`); with
+   `algorithm.kl_in: reward`, minus the KL to the reference: `sequence_kl` and
+   `kl_penalized_rewards`, here.
+3. Group-relative advantages, one per sample: `learner/advantages.py`.
+4. The per-token loss: importance ratio, clipped surrogate, sampler correction, KL to the
+   reference (eq. 4) and entropy bonus, aggregated into the micro-batch's share of the
+   mini-batch loss: `policy_loss`, here, from the pieces in `learner/losses.py`.
+
+`policy_loss` covers GRPO (eq. 3), Dr. GRPO, DAPO and GSPO: they differ only in the advantage
+estimator, the ratio level, the clip bounds and the loss aggregation, all passed in.
+Guarantees: pure tensor functions (no Ray, DeepSpeed or config imports); masked positions never
+contribute; the returned loss is the micro-batch's exact share of the mini-batch loss (see
+`losses.aggregate_loss`). Not covered: how the batch is laid out and split into micro-batches
+and ranks (`learner/batch.py`), and the optimizer step (`learner/actor.py`).
+
+Shapes: P prompts, G samples each, B = sequences in a micro-batch, T = completion positions,
+V = vocabulary.
 """
 
 from __future__ import annotations
@@ -29,8 +42,10 @@ def token_logprobs(
     targets: torch.Tensor,  # [B, T] token ids
     temperature: float = 1.0,
 ) -> torch.Tensor:  # [B, T]
-    """log pi(target | prefix) under the sampling distribution softmax(logits / temperature),
-    the same distribution vLLM sampled from (its `processed_logprobs`)."""
+    """log pi(target | prefix) under softmax(logits / temperature): the distribution vLLM
+    samples from when `rollout.top_p` is 1. Its `processed_logprobs` are also after top-p, so
+    with top-p < 1 the two differ on the tail (`train/mismatch_kl` reports it, and
+    `algorithm.sampler_correction` corrects for it)."""
     logits = logits.float() / temperature
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
@@ -39,6 +54,29 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     """Entropy of softmax(logits / temperature) at each position: [B, T, V] -> [B, T]."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def sequence_kl(
+    logp: torch.Tensor,  # [B, T] policy the samples are attributed to (the old policy)
+    ref_logp: torch.Tensor,  # [B, T] reference policy
+    mask: torch.Tensor,  # [B, T] 1 on completion tokens that enter the loss
+    estimator: str,
+) -> torch.Tensor:  # [B]
+    """Each sequence's KL(pi || pi_ref), the per-token estimate (`losses.kl_estimate`) summed
+    over its loss tokens."""
+    return (kl_estimate(logp, ref_logp, estimator) * mask).sum(-1)
+
+
+def kl_penalized_rewards(
+    rewards: torch.Tensor,  # [P, G] final rewards from the reward side
+    kl_sums: torch.Tensor,  # [P * G] each sample's `sequence_kl`, group-major
+    kl_coef: float,
+) -> torch.Tensor:  # [P, G]
+    """The KL penalty in the reward, as PPO for language models applies it (DeepSeekMath sec.
+    4.1.1: r - beta log(pi / pi_ref) per token, with the outcome reward on the last):
+    r_i - kl_coef x the summed KL of sample i. GRPO itself puts the KL in the loss instead
+    (`policy_loss`'s `ref_logp`); `algorithm.kl_in` chooses."""
+    return rewards - kl_coef * kl_sums.view_as(rewards)
 
 
 def policy_loss(

@@ -4,9 +4,11 @@ and loss aggregation, as pure tensor functions.
 Guarantees: no Ray, DeepSpeed or config imports; shapes in comments (B sequences, T completion
 positions); masked positions never reach a sum, a mean or a gradient; `aggregate_loss` returns
 each micro-batch's exact share of the mini-batch loss, so summing shares over micro-batches and
-ranks gives the same loss and gradient whatever the split. Not covered: putting the pieces
-together (`learner/grpo.py`) and where the global token and sequence counts come from (the
-learner computes them from the whole batch, which every rank holds).
+ranks gives the same loss and gradient whatever the split. The valid names of each option are
+the tables in `core/choices.py`, which the config's types are built from. Not covered: putting
+the pieces together (`grpo.policy_loss`; `learner/grpo.py` also gives the reading order of the
+whole objective) and where the global token and sequence counts come from (the learner computes
+them from the whole batch, which every rank holds: `batch.RankBatch.minibatch_counts`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ import math
 
 import torch
 
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-RATIO_LEVELS = ("token", "sequence")
-SAMPLER_CORRECTIONS = ("none", "token_truncate", "sequence_mask")
+from core.choices import KL_ESTIMATORS, LOSS_AGGREGATIONS, RATIO_LEVELS, SAMPLER_CORRECTIONS
+
 _MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: keeps a wild ratio finite; clipping removes it anyway
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Set before anything imports `datasets` or `huggingface_hub`, which read them once: no test
+# reaches for the Hub (a test that patches them later would make real network retries).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from cluster.models import build_tiny_llama
+import pytest  # noqa: E402
+
+from cluster.models import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

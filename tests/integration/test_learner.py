@@ -10,7 +10,7 @@ import torch
 
 from core.config import load_config
 from core.records import Group, Prompt, Sample
-from learner.group import LearnerGroup
+from learner.ranks import LearnerRanks
 from tests.conftest import scored
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def batch(prompts: int = 4, group: int = 4, seed: int = 0):
     return groups, rewards, [[True] * group for _ in range(prompts)]
 
 
-def params(learner: LearnerGroup) -> dict[str, torch.Tensor]:
+def params(learner: LearnerRanks) -> dict[str, torch.Tensor]:
     import ray
 
     refs = learner.export_weights("float32")
@@ -39,10 +39,15 @@ def params(learner: LearnerGroup) -> dict[str, torch.Tensor]:
 
 
 def test_step_changes_every_parameter_and_reports_metrics(ray_local, tiny_model):
-    overrides = [f"model.path={tiny_model}", "rollout.prompts_per_step=4", "rollout.group_size=4",
-                 "learner.micro_batch_size=4", "learner.lr=1e-3"]  # fmt: skip
+    overrides = [
+        f"model.path={tiny_model}",
+        "rollout.prompts_per_step=4",
+        "rollout.group_size=4",
+        "learner.micro_batch_size=4",
+        "learner.lr=1e-3",
+    ]
     cfg = load_config("configs/smoke.yaml", overrides)
-    learner = LearnerGroup(cfg, tiny_model)
+    learner = LearnerRanks(cfg, tiny_model)
     before = params(learner)
     metrics = learner.train(scored(*batch()))
     after = params(learner)
@@ -56,11 +61,17 @@ def test_step_changes_every_parameter_and_reports_metrics(ray_local, tiny_model)
 
 
 def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
-    overrides = [f"model.path={tiny_model}", "rollout.prompts_per_step=4",
-                 "rollout.group_size=4", "learner.micro_batch_size=4", "learner.lr=1e-2",
-                 "algorithm.updates_per_batch=2", "algorithm.kl_coef=0.1"]  # fmt: skip
+    overrides = [
+        f"model.path={tiny_model}",
+        "rollout.prompts_per_step=4",
+        "rollout.group_size=4",
+        "learner.micro_batch_size=4",
+        "learner.lr=1e-2",
+        "algorithm.updates_per_batch=2",
+        "algorithm.kl_coef=0.1",
+    ]
     cfg = load_config("configs/smoke.yaml", overrides)
-    learner = LearnerGroup(cfg, tiny_model)
+    learner = LearnerRanks(cfg, tiny_model)
     first = learner.train(scored(*batch(seed=0)))
     # Two mini-batches: two optimizer steps. The second runs on moved weights, so the ratio
     # departs from 1 and the policy departs from the reference.
@@ -74,13 +85,20 @@ def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
 
 
 def test_kl_as_reward_penalty_and_sampler_correction(ray_local, tiny_model):
-    overrides = [f"model.path={tiny_model}", "rollout.prompts_per_step=4",
-                 "rollout.group_size=4", "learner.micro_batch_size=4", "learner.lr=1e-2",
-                 "algorithm.kl_coef=0.1", "algorithm.kl_in=reward", "algorithm.kl_estimator=k1",
-                 "algorithm.sampler_correction=token_truncate",
-                 "algorithm.correction_upper=2"]  # fmt: skip
+    overrides = [
+        f"model.path={tiny_model}",
+        "rollout.prompts_per_step=4",
+        "rollout.group_size=4",
+        "learner.micro_batch_size=4",
+        "learner.lr=1e-2",
+        "algorithm.kl_coef=0.1",
+        "algorithm.kl_in=reward",
+        "algorithm.kl_estimator=k1",
+        "algorithm.sampler_correction=token_truncate",
+        "algorithm.correction_upper=2",
+    ]
     cfg = load_config("configs/smoke.yaml", overrides)
-    learner = LearnerGroup(cfg, tiny_model)
+    learner = LearnerRanks(cfg, tiny_model)
     first = learner.train(scored(*batch(seed=0)))
     # Before any step the policy is the reference: no penalty, and no KL term in the loss.
     assert first["train/kl_penalty"] == pytest.approx(0.0, abs=1e-6)
@@ -96,11 +114,16 @@ def test_kl_as_reward_penalty_and_sampler_correction(ray_local, tiny_model):
 
 def test_nonfinite_step_leaves_weights_and_optimizer_alone(ray_local, tiny_model):
     # one micro-batch per update (every micro-batch is a step boundary)
-    overrides = [f"model.path={tiny_model}", "rollout.prompts_per_step=4", "rollout.group_size=4",
-                 "learner.micro_batch_size=16", "learner.lr=1e-2",
-                 "trainer.fault_injection=nan_loss@1"]  # fmt: skip
+    overrides = [
+        f"model.path={tiny_model}",
+        "rollout.prompts_per_step=4",
+        "rollout.group_size=4",
+        "learner.micro_batch_size=16",
+        "learner.lr=1e-2",
+        "trainer.fault_injection=nan_loss@1",
+    ]
     cfg = load_config("configs/smoke.yaml", overrides)
-    learner = LearnerGroup(cfg, tiny_model)
+    learner = LearnerRanks(cfg, tiny_model)
     before = params(learner)
     skipped = learner.train(scored(*batch(seed=0)), 1)
     assert skipped["train/skipped_updates"] == 1 and skipped["train/optimizer_steps"] == 0

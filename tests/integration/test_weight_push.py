@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from cluster.transport import make_transport
 from core.config import load_config
 from core.records import Prompt
-from learner.group import LearnerGroup
+from learner.ranks import LearnerRanks
 from reward.pool import RewardPool
 from rollout.pool import RolloutPool
 from tests.conftest import scored
@@ -38,7 +38,7 @@ def test_push_makes_engine_match_learner(ray_local, tiny_model, dtype, tol, lr):
     completion_ids = tok("5, five.", add_special_tokens=False)["input_ids"]
 
     rollout = RolloutPool(cfg, tiny_model, "parity")
-    learner = LearnerGroup(cfg, tiny_model, "parity")
+    learner = LearnerRanks(cfg, tiny_model, "parity")
     rewards = RewardPool(cfg.reward, base_dir=".", num_cpus=0.25)
 
     before_engine = rollout.sequence_logprobs(prompt_ids, completion_ids)[0]

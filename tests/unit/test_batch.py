@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.records import Group, Prompt, Sample
-from learner.batch import BatchPlan, FlatSample, collate, flatten
+from learner.batch import BatchPlan, FlatSample, collate, flatten, rank_batch
 
 
 def test_collate_aligns_targets_and_completion_mask():
@@ -42,9 +42,11 @@ def test_padded_batch_gives_the_same_logprobs_as_one_sequence(tiny_model):
         mb = collate(samples, pad_id=0)
         with torch.no_grad():
             logits = model(
-                input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                position_ids=mb.position_ids, logits_to_keep=mb.targets.shape[1] + 1,
-            ).logits[:, :-1]  # fmt: skip
+                input_ids=mb.input_ids,
+                attention_mask=mb.attention_mask,
+                position_ids=mb.position_ids,
+                logits_to_keep=mb.targets.shape[1] + 1,
+            ).logits[:, :-1]
         return token_logprobs(logits, mb.targets)
 
     both = logprobs([long, short])
@@ -54,8 +56,14 @@ def test_padded_batch_gives_the_same_logprobs_as_one_sequence(tiny_model):
 
 def test_flatten_masks_excluded_and_optionally_truncated_samples():
     prompt = Prompt("p", "q", [1, 2])
-    group = Group(prompt, [Sample([3], "", [0.0], "stop", 0), Sample([4], "", [0.0], "length", 0),
-                           Sample([5], "", [0.0], "stop", 0)])  # fmt: skip
+    group = Group(
+        prompt,
+        [
+            Sample([3], "", [0.0], "stop", 0),
+            Sample([4], "", [0.0], "length", 0),
+            Sample([5], "", [0.0], "stop", 0),
+        ],
+    )
     valid = [[True, True, False]]
     assert [s.valid for s in flatten([group], valid)] == [True, True, False]
     assert [s.valid for s in flatten([group], valid, mask_truncated=True)] == [True, False, False]
@@ -83,7 +91,7 @@ def test_batch_plan_rejects_uneven_splits():
 def test_token_budget_micro_batches_by_hand():
     # 2 ranks x 2 updates x 4 samples; budget 12 tokens = rows x longest row
     plan = BatchPlan(16, world_size=2, updates=2, micro_batch_size=8, micro_batch_tokens=12)
-    lengths = [3, 9, 4, 4,  5, 6, 20, 1,  2, 2, 2, 2,  3, 3, 3, 3]  # fmt: skip
+    lengths = [3, 9, 4, 4, 5, 6, 20, 1, 2, 2, 2, 2, 3, 3, 3, 3]
     # update 0, rank 0: 1 (9) alone (2 x 9 > 12), then 2, 3, 0 (3 x 4 = 12): 2 micro-batches;
     # rank 1: 8-11 fit in one (4 x 2), split in halves to match rank 0's 2.
     # update 1, rank 0: 6 (20 > 12, alone), 5 + 4 (2 x 6), 7 (3 x 6 > 12): 3 micro-batches;
@@ -138,3 +146,20 @@ def test_padding_positions_by_hand():
     assert (together.real_tokens, together.positions) == (7, 10)  # padding fraction 0.3
     apart = [collate([a], pad_id=0), collate([b], pad_id=0)]
     assert sum(mb.positions for mb in apart) == 7  # one sample per row: no padding
+
+
+def test_rank_batch_collates_this_ranks_share_and_marks_minibatch_ends():
+    # 8 samples, 2 ranks, 2 updates, micro-batches of 2: rank 1 holds samples 4-7, one
+    # micro-batch per mini-batch; sample i has i + 1 completion tokens, sample 5 is excluded
+    samples = [FlatSample([1], [2] * (i + 1), [0.0] * (i + 1), valid=i != 5) for i in range(8)]
+    plan = BatchPlan(8, world_size=2, updates=2, micro_batch_size=2)
+    data = rank_batch(samples, plan, rank=1, pad_id=0)
+    assert data.micro_indices == [[4, 5], [6, 7]]
+    assert [mb.targets.shape for mb in data.micro] == [(2, 6), (2, 8)]
+    assert data.loss_tokens == [1, 2, 3, 4, 5, 0, 7, 8]
+    # mini-batch 0 = samples 0, 1 (rank 0) and 4, 5 (rank 1): 1 + 2 + 5 + 0 tokens, 3 sequences
+    assert data.minibatch_counts(0) == (8.0, 3.0)
+    assert data.minibatch_counts(1) == (3.0 + 4.0 + 7.0 + 8.0, 4.0)
+    assert [data.ends_minibatch(i) for i in range(2)] == [True, True]
+    single = rank_batch(samples, BatchPlan(8, 1, 2, micro_batch_size=2), rank=0, pad_id=0)
+    assert [single.ends_minibatch(i) for i in range(4)] == [False, True, False, True]

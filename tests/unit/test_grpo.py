@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from learner import grpo
+from learner.advantages import grpo_advantages
 
 LOGP_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # lengths 2 and 1
 ADV = torch.tensor([2.0, -1.0])
@@ -15,8 +16,9 @@ def loss_of(logp, **kw):
     old = torch.zeros(2, 3)  # ratio 1 everywhere
     kw.setdefault("num_tokens", 3)
     kw.setdefault("num_seqs", 2)
-    return grpo.policy_loss(logp, old, old, kw.pop("ref", None), kw.pop("entropy", None),
-                            ADV, LOGP_MASK, **kw)  # fmt: skip
+    return grpo.policy_loss(
+        logp, old, old, kw.pop("ref", None), kw.pop("entropy", None), ADV, LOGP_MASK, **kw
+    )
 
 
 def test_token_logprobs_with_temperature():
@@ -69,3 +71,24 @@ def test_kl_is_left_out_without_a_coefficient():
     logp = torch.zeros(2, 3)
     loss, stats = loss_of(logp, ref=torch.full((2, 3), -1.0), kl_coef=0.0)
     assert loss.item() == pytest.approx(-0.5) and "kl" not in stats
+
+
+def test_sequence_kl_sums_the_loss_tokens_only():
+    logp = torch.zeros(2, 3)
+    ref = torch.full((2, 3), math.log(0.5))
+    # k1 = log p - log ref = ln 2 per token; sequence 1 has 2 loss tokens, sequence 2 has 1
+    got = grpo.sequence_kl(logp, ref, LOGP_MASK, "k1")
+    assert got.tolist() == pytest.approx([2 * math.log(2), math.log(2)])
+
+
+def test_kl_penalty_in_the_reward_by_hand():
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 0.5]])  # [P=2, G=2]
+    kl_sums = torch.tensor([0.2, -0.1, 0.0, 1.0])  # [P * G], group-major
+    # r - 0.5 x KL: [1 - 0.1, 0 + 0.05], [0.5 - 0, 0.5 - 0.5]
+    got = grpo.kl_penalized_rewards(rewards, kl_sums, 0.5)
+    assert got.flatten().tolist() == pytest.approx([0.9, 0.05, 0.5, 0.0])
+    # The second group's equal rewards now differ: mean 0.25, sample std sqrt(2 x 0.25^2) =
+    # 0.353553, so the sample that drifted from the reference gets -0.25 / 0.353553 = -0.707107.
+    advantages = grpo_advantages(got, torch.ones(2, 2), eps=0.0)
+    assert advantages[1].tolist() == pytest.approx([0.707107, -0.707107], abs=1e-6)
+    assert torch.equal(grpo.kl_penalized_rewards(rewards, kl_sums, 0.0), rewards)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from core import choices
 from learner.losses import (
     aggregate_loss,
     clipped_policy_loss,
@@ -150,3 +151,18 @@ def test_shares_of_a_split_batch_sum_to_the_whole(mode):
         aggregate_loss(PER_TOKEN[i : i + 1], MASK[i : i + 1], mode, 4, 2, 5) for i in (0, 1)
     )
     assert parts.item() == pytest.approx(whole.item())
+
+
+def test_every_configurable_name_is_implemented():
+    # the config accepts exactly the names in core/choices.py; none may reach a ValueError here
+    x, mask = torch.zeros(2, 3), torch.ones(2, 3)
+    for name in choices.KL_ESTIMATORS:
+        kl_estimate(x, x, name)
+    for name in choices.RATIO_LEVELS:
+        log_ratio(x, x, mask, name)
+    for name in choices.SAMPLER_CORRECTIONS:
+        sampler_correction(x, x, mask, name)
+    for name in choices.LOSS_AGGREGATIONS:
+        aggregate_loss(x, mask, name, num_tokens=6, num_seqs=2)
+    with pytest.raises(ValueError, match="'k4'"):
+        kl_estimate(x, x, "k4")

@@ -68,13 +68,28 @@ def random_batch(seed, batch=6, width=5):
 
 
 OPTIONS = [
-    dict(aggregation=agg, ratio_level=level, correction=corr, kl_estimator=kl, dual_clip=dual,
-         clip_low=0.2, clip_high=0.28, kl_coef=0.05, entropy_coef=0.01, upper=2.0, lower=0.5,
-         norm_tokens=7)
+    dict(
+        aggregation=agg,
+        ratio_level=level,
+        correction=corr,
+        kl_estimator=kl,
+        dual_clip=dual,
+        clip_low=0.2,
+        clip_high=0.28,
+        kl_coef=0.05,
+        entropy_coef=0.01,
+        upper=2.0,
+        lower=0.5,
+        norm_tokens=7,
+    )
     for agg, level, corr, kl, dual in itertools.product(
-        ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"], ["token", "sequence"],
-        ["none", "token_truncate", "sequence_mask"], ["k1", "k2", "k3"], [0.0, 3.0])
-]  # fmt: skip
+        ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"],
+        ["token", "sequence"],
+        ["none", "token_truncate", "sequence_mask"],
+        ["k1", "k2", "k3"],
+        [0.0, 3.0],
+    )
+]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -92,13 +107,27 @@ def test_vectorised_objective_matches_reference_on_any_micro_batch_split(o, seed
     total = 0.0
     for lo, hi in zip([0, *cuts], [*cuts, len(lengths)]):
         share, _ = grpo.policy_loss(
-            logp_fast[lo:hi], old[lo:hi], sampler[lo:hi], ref[lo:hi], entropy[lo:hi], adv[lo:hi],
-            mask[lo:hi], aggregation=o["aggregation"], norm_tokens=o["norm_tokens"],
-            clip_low=o["clip_low"], clip_high=o["clip_high"], dual_clip=o["dual_clip"],
-            ratio_level=o["ratio_level"], kl_coef=o["kl_coef"], kl_estimator=o["kl_estimator"],
-            entropy_coef=o["entropy_coef"], correction=o["correction"],
-            correction_upper=o["upper"], correction_lower=o["lower"], **counts,
-        )  # fmt: skip
+            logp_fast[lo:hi],
+            old[lo:hi],
+            sampler[lo:hi],
+            ref[lo:hi],
+            entropy[lo:hi],
+            adv[lo:hi],
+            mask[lo:hi],
+            aggregation=o["aggregation"],
+            norm_tokens=o["norm_tokens"],
+            clip_low=o["clip_low"],
+            clip_high=o["clip_high"],
+            dual_clip=o["dual_clip"],
+            ratio_level=o["ratio_level"],
+            kl_coef=o["kl_coef"],
+            kl_estimator=o["kl_estimator"],
+            entropy_coef=o["entropy_coef"],
+            correction=o["correction"],
+            correction_upper=o["upper"],
+            correction_lower=o["lower"],
+            **counts,
+        )
         share.backward()
         total += share.item()
     assert total == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
@@ -136,17 +165,25 @@ def reference_advantages(estimator, rewards, valid, norm):
     if estimator == "reinforce_pp_baseline":
         flat = [a for row, vs in zip(out, valid) for a, v in zip(row, vs) if v]
         m, s = sum(flat) / len(flat), sample_std(flat)
-        out = [[(a - m) / (s + 1e-6) if v else 0.0 for a, v in zip(row, vs)]
-               for row, vs in zip(out, valid)]  # fmt: skip
+        out = [
+            [(a - m) / (s + 1e-6) if v else 0.0 for a, v in zip(row, vs)]
+            for row, vs in zip(out, valid)
+        ]
     return out
 
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize(
     "estimator, norm",
-    [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "group"),
-     ("rloo", "group"), ("reinforce_pp_baseline", "group")],
-)  # fmt: skip
+    [
+        ("grpo", "group"),
+        ("grpo", "batch"),
+        ("grpo", "none"),
+        ("dr_grpo", "group"),
+        ("rloo", "group"),
+        ("reinforce_pp_baseline", "group"),
+    ],
+)
 def test_vectorised_estimators_match_reference(estimator, norm, seed):
     rng = random.Random(seed)
     rewards = [[float(rng.choice([0, 0.5, 1])) for _ in range(4)] for _ in range(6)]

@@ -1,7 +1,8 @@
 """The learner ranks as one object: create, rendezvous, and call every rank at once.
 
 Guarantees: every call reaches all ranks concurrently (DeepSpeed collectives need that) and
-returns rank 0's answer. Not covered: restarting a dead rank (a dead rank ends the run).
+returns rank 0's answer. Each rank is given only the config sections it reads. Not covered:
+restarting a dead rank (a dead rank ends the run).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from core.records import ScoredGroup
 from learner.actor import LearnerActor
 
 
-class LearnerGroup:
+class LearnerRanks:
     def __init__(self, cfg: Config, model_path: str, run_id: str = "", placement=None):
         """`placement` (`cluster.placement.Placement`) puts rank r in bundle r of the learner
         placement group."""
-        n = cfg.learner.world_size
         remote = ray.remote(LearnerActor)
 
         def options(rank: int) -> dict[str, Any]:
@@ -27,11 +27,19 @@ class LearnerGroup:
                 return placement.learner_options(rank)
             return {"num_cpus": cfg.cluster.learner_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
 
+        sections = {
+            "model": cfg.model,
+            "rollout": cfg.rollout,
+            "learner": cfg.learner,
+            "algorithm": cfg.algorithm,
+            "trainer": cfg.trainer,
+            "use_gpu": cfg.cluster.use_gpu,
+        }
         self.ranks = [
             remote.options(
                 name=f"cohort-learner-{run_id}-{r}" if run_id else None, **options(r)
-            ).remote(cfg, model_path, r)  # fmt: skip
-            for r in range(n)
+            ).remote(model_path, r, **sections)
+            for r in range(cfg.learner.world_size)
         ]
         master_addr, master_port = ray.get(self.ranks[0].node_address.remote())
         self._all("setup", master_addr, master_port)
@@ -49,6 +57,8 @@ class LearnerGroup:
         return self._all("export_weights", dtype)[0]
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """Rank 0's log-probabilities of a fixed completion (not under ZeRO-3, whose forward
+        pass needs every rank)."""
         return ray.get(self.ranks[0].sequence_logprobs.remote(prompt_ids, completion_ids))
 
     def offload_states(self) -> None:

@@ -1,0 +1,108 @@
+"""Weights out of the learner: every parameter as one full tensor, for the engines and for disk.
+
+Guarantees: parameters come out in `named_parameters` order under their checkpoint names, and
+tied parameters once (under the input embedding's name), as vLLM and Hugging Face expect. Under
+ZeRO-3 each parameter is gathered on all ranks in the same order, one at a time (the gather is a
+collective: every rank must iterate, and at most one full parameter is held beside the shards).
+Not covered: choosing a transport and driving the engines (`cluster/transport.py`, which calls
+the learner's `export_weights`, or `init_weight_transfer` and `send_weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, full tensor) for every parameter of `module` (the DeepSpeed engine's
+    model); ZeRO-3 parameters are gathered and copied. All ranks must iterate under ZeRO-3."""
+    import deepspeed
+
+    for name, param in module.named_parameters():
+        if zero_stage == 3:
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                yield name, param.data.detach().clone()
+        else:
+            yield name, param.data.detach()
+
+
+def object_store_buckets(
+    module: torch.nn.Module, zero_stage: int, rank: int, dtype: str, bucket_mb: int = 64
+) -> list:
+    """Put the policy in Ray's object store in buckets of about `bucket_mb` MiB, converted to
+    `dtype` (the engines'). All ranks must call it; rank 0 returns the bucket refs, the others
+    an empty list."""
+    import ray
+
+    torch_dtype = getattr(torch, dtype)
+    refs, bucket, size = [], {}, 0
+    for name, tensor in full_parameters(module, zero_stage):
+        if rank != 0:
+            continue
+        bucket[name] = tensor.to("cpu", torch_dtype).contiguous()
+        size += bucket[name].numel() * bucket[name].element_size()
+        if size >= bucket_mb * 2**20:
+            refs.append(ray.put(bucket))
+            bucket, size = {}, 0
+    if bucket:
+        refs.append(ray.put(bucket))
+    return refs
+
+
+def save_pretrained(module: torch.nn.Module, zero_stage: int, rank: int, path: str) -> None:
+    """Write the policy as a Hugging Face folder (rank 0 writes; all ranks must call)."""
+    state = dict(full_parameters(module, zero_stage))
+    if rank == 0:
+        module.save_pretrained(path, state_dict=state, safe_serialization=True)
+
+
+def vllm_weight_sender(
+    module: torch.nn.Module,
+    zero_stage: int,
+    dtype: str,
+    backend: str,
+    engines: list,
+    master: tuple[str, int] | None,
+    world_size: int,
+    rank: int,
+):
+    """vLLM's trainer-side weight-transfer engine over `module`, for the GPU transports:
+    `nccl`, a NCCL group of learner rank 0 and every engine worker (`world_size` in all),
+    rendezvous at `master`; `ipc`, CUDA IPC handles of the colocated GPUs. Every parameter
+    goes out in the engines' `dtype`. vLLM is imported here only: the CPU path never needs it."""
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
+    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+    class ModuleSource(WeightSource):
+        """Every parameter in the engines' dtype; ZeRO-3 parameters gathered one at a time
+        on all ranks in the same order."""
+
+        def __init__(self):
+            self.dtype = getattr(torch, dtype)
+
+        def metadata(self) -> list:
+            return [
+                ParamMeta(name, self.dtype, tuple(getattr(p, "ds_shape", p.shape)))
+                for name, p in module.named_parameters()
+            ]
+
+        def __iter__(self):
+            for name, tensor in full_parameters(module, zero_stage):
+                yield name, tensor.to(self.dtype)
+
+    if backend == "nccl":
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+        info = NCCLTrainerInitInfo(
+            master_address=master[0], master_port=master[1], world_size=world_size, rank=rank
+        )
+    else:
+        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
+
+        info = IPCTrainerInitInfo(rank=rank)
+    return WeightTransferTrainerFactory.trainer_init(
+        info, client=RayVLLMWeightSyncClient(engines), source=ModuleSource()
+    )
