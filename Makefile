@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cohort train configs/demo.yaml
 
 test: $(STAMP) lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=30
 
 test-fast: $(STAMP) lint
 	$(PY) -m pytest tests -m "not slow"
