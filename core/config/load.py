@@ -107,6 +107,10 @@ def _convert(tp: Any, value: Any, key: str, default: Any = None) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".", default)
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            # YAML 1.1 reads off/no/false (on/yes/true) as booleans: take the option's word.
+            words = ("on", "yes", "true") if value else ("off", "no", "false")
+            value = next((w for w in words if w in args), value)
         if value not in args:
             why = NOT_BUILT.get((key, value))
             raise ConfigError(

@@ -144,3 +144,11 @@ def test_choice_tables_are_the_codes_tables():
     for key, value in choices.NOT_BUILT:  # a value left out on purpose is refused with its reason
         with pytest.raises(ConfigError, match=f"{key}={value!r} is not one of"):
             load_config(None, [f"{key}={value}"])
+
+
+def test_yaml_off_is_the_word_off_for_a_choice(tmp_path):
+    # YAML 1.1 reads `off` as false: `reward.isolation: off` must still mean "off".
+    path = tmp_path / "c.yaml"
+    path.write_text("reward:\n  isolation: off\n")
+    assert load_config(path).reward.isolation == "off"
+    assert load_config("configs/smoke.yaml", ["reward.isolation=off"]).reward.isolation == "off"
