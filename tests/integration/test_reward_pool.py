@@ -3,7 +3,7 @@
 import pytest
 import ray
 
-from core.config import RewardConfig, RewardFunctionConfig
+from core.config import ConfigError, RewardConfig, RewardFunctionConfig
 from core.records import Group, Prompt, Sample
 from reward.pool import RewardPool
 
@@ -28,9 +28,10 @@ def test_pool_scores_groups_in_order():
         scores = pool.score(groups)  # actor 0 gets the first two groups, actor 1 the third
         assert [[s.reward for s in g] for g in scores] == [[2.0, 0.0], [2.0, 2.0, 0.0], [0.0]]
         pool.shutdown()
-        # A bad entry fails in the pool's constructor, with the config key and the path tried.
+        # A bad entry fails in the pool's constructor, before any actor starts (the user files
+        # are read there, once), with the config key and the path tried.
         bad = RewardConfig(functions=[RewardFunctionConfig(fn="missing.py:f")])
-        with pytest.raises(ray.exceptions.RayActorError, match=r"reward.functions\[0\].fn"):
+        with pytest.raises(ConfigError, match=r"reward.functions\[0\].fn.*/nowhere/missing.py"):
             RewardPool(bad, base_dir="/nowhere", num_cpus=0.5, run_id="bad")
     finally:
         ray.shutdown()
