@@ -450,10 +450,10 @@ def _set_limits(policy: Policy) -> None:
     if policy.cpu_s:
         limit(resource.RLIMIT_CPU, int(policy.cpu_s) + 1)
     if policy.max_processes and os.geteuid() != 0:  # RLIMIT_NPROC does not bind root
-        limit(resource.RLIMIT_NPROC, _user_tasks(os.geteuid()) + policy.max_processes)
+        limit(resource.RLIMIT_NPROC, user_tasks(os.geteuid()) + policy.max_processes)
 
 
-def _user_tasks(uid: int) -> int:
+def user_tasks(uid: int) -> int:
     """Processes and threads of `uid` (what RLIMIT_NPROC counts on Linux)."""
     count = 0
     for entry in Path("/proc").iterdir():

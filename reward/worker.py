@@ -31,7 +31,7 @@ from pathlib import Path
 
 from core.config import RewardFunctionConfig, from_dict
 from reward.functions import load_reward_functions
-from reward.isolation import Policy, confine
+from reward.isolation import Policy, confine, user_tasks
 from reward.scoring import KINDS, MAX_PARTS, CallInput, Outcome, call_batched, call_function
 
 Task = tuple[int, int, list[CallInput]]
@@ -234,23 +234,10 @@ def _limit_processes(extra: int) -> None:
     if extra <= 0 or not hasattr(resource, "RLIMIT_NPROC"):
         return
     _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
-    soft = _user_tasks() + extra
+    soft = user_tasks(os.getuid()) + extra
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
-
-
-def _user_tasks() -> int:
-    """Processes and threads of this user (what RLIMIT_NPROC counts on Linux)."""
-    uid, count = os.getuid(), 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    count += len(os.listdir(entry / "task"))
-            except OSError:
-                continue
-    return count
 
 
 def _arm_cpu_limit(seconds: float) -> None:
