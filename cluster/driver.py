@@ -113,7 +113,7 @@ def train(cfg: Config) -> Path:
         if cfg.cluster.colocate:
             rollout.wake_up()
         batches.wait_idle(timer)  # the engines finish the batch generated ahead first
-        with timer("push"):
+        with timer("push"), faults_during("push", t.fault_injection, step):
             transport.push(learner, rollout, version=step)
         health.weights_version = step
         groups, scores = batch.generated_groups, batch.generated_scores

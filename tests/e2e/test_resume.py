@@ -85,6 +85,7 @@ def test_one_step_off_run_resumes_exactly(tiny_model, tmp_path):
     [
         ("kill@generate:3", 2),
         ("kill@train:3", 2),
+        ("kill@push:3", 2),  # weights half pushed: the engines get the checkpoint's on resume
         ("kill@checkpoint:2", 1),  # learner state of step 2 written, manifest not: unusable
         ("disk_full@checkpoint:2,kill@generate:3", 1),  # checkpoint 2 failed, 1 still resumes
     ],
