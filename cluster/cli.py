@@ -151,11 +151,12 @@ def cmd_train(args) -> int:
     secure_local_defaults(cfg)  # before the driver imports ray
     from cluster.data import DataError
     from cluster.driver import train
+    from cluster.placement import PlacementError
     from core.errors import RunStopped
 
     try:
         train(cfg)
-    except DataError as e:
+    except (DataError, PlacementError) as e:  # bad input: a data row, or a cluster too small
         print(f"cohort: {e}", file=sys.stderr)
         return 2
     except RunStopped as e:

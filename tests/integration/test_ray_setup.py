@@ -39,3 +39,15 @@ def test_local_dashboard_is_loopback_and_token_protected():
     out = done.stdout
     assert "URL 127.0.0.1:" in out, done.stderr[-2000:]
     assert "STATUS 401" in out and "WITH TOKEN 200" in out, out + done.stderr[-2000:]
+
+
+def test_a_cluster_too_small_for_the_config_exits_2_with_the_fix(tiny_model, tmp_path):
+    # Local Ray with one CPU cannot hold the smoke config's 1.25: a clear error and exit code 2
+    # before any actor starts, not a traceback and exit 1.
+    from tests.conftest import run_cohort
+
+    done = run_cohort(["train", "configs/smoke.yaml", f"model.path={tiny_model}",
+                       "cluster.num_cpus=1", f"trainer.output_dir={tmp_path}"])  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the Ray cluster cannot hold this config" in done.stderr
+    assert "CPU: needs 1.25" in done.stderr and "Traceback" not in done.stderr
