@@ -55,12 +55,11 @@ class RewardActor:
         workers, timeout_s = options.pop("workers", 2), options.pop("timeout_s", 30.0)
         isolation = options.pop("isolation", "strict")
         self.sandboxes: list[Sandbox] = []
-        self.route: list[tuple[int, int]] = []
+        self.route: list[tuple[int, int]] = [(0, 0)] * len(cfgs)
         """Function index -> (sandbox, index of the function in that sandbox)."""
         groups: dict[tuple, list[int]] = {}
         for i, cfg in enumerate(cfgs):
             groups.setdefault(_access(cfg), []).append(i)
-        self.route = [(0, 0)] * len(cfgs)
         try:
             for (harness, network, read_paths, _), members in groups.items():
                 policy = Policy(

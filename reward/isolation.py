@@ -243,7 +243,7 @@ def namespaces_available() -> bool:
     pid = os.fork()
     if pid == 0:
         try:
-            os._exit(0 if _unshare_namespaces(_target_ids()) else 1)
+            os._exit(0 if _unshare_namespaces() else 1)
         except BaseException:
             os._exit(1)
     _, status = os.waitpid(pid, 0)
@@ -346,7 +346,7 @@ def _installation_readable_by_others() -> bool:
     return True
 
 
-def _unshare_namespaces(ids: tuple[int, int]) -> bool:
+def _unshare_namespaces() -> bool:
     """Enter new pid/net/mount/ipc/uts namespaces (through a user namespace when not root)."""
     libc = _libc()
     root = os.geteuid() == 0
@@ -364,7 +364,7 @@ def _unshare_namespaces(ids: tuple[int, int]) -> bool:
 
 def _enter_namespaces(policy: Policy) -> bool:
     uid, gid = _target_ids()
-    if not _unshare_namespaces((uid, gid)):
+    if not _unshare_namespaces():
         return False
     if policy.write_dir:
         options = f"size={policy.max_disk_mb}m,mode=0700,uid={uid},gid={gid}".encode()

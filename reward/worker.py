@@ -18,20 +18,17 @@ worker (generated code gets that guarantee from its pid namespace).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import resource
-import signal
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.config import RewardFunctionConfig, from_dict
 from reward.functions import load_reward_functions
-from reward.isolation import Policy, confine, user_tasks
+from reward.isolation import Policy, confine, die_with_parent, user_tasks
 from reward.scoring import KINDS, MAX_PARTS, CallInput, Outcome, call_batched, call_function
 
 Task = tuple[int, int, list[CallInput]]
@@ -66,7 +63,7 @@ def worker_main(
     message}` if the functions cannot be loaded or the isolation `policy` cannot be applied.
     `granted_env`: the variables the functions are granted (`env`), with their values."""
     os.setsid()
-    _die_with_parent()
+    die_with_parent()
     # Descriptors inherited from the forkserver (its liveness pipe, the resource tracker's
     # pipe) would let reward code stop the forkserver or make the tracker unlink files.
     os.closerange(3, conn.fileno())
@@ -195,17 +192,6 @@ def _outcome(item: object) -> Outcome:
 
 def _number(x: object) -> bool:
     return type(x) in (int, float) and math.isfinite(x)
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent (the forkserver, which exits with the
-    reward actor) dies; a no-op elsewhere."""
-    if sys.platform != "linux":
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
 
 
 def _limit_memory(mb: int) -> None:
