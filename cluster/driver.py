@@ -29,6 +29,7 @@ from cluster.ray_setup import connect_ray
 from cluster.transport import make_transport, resolve_transport
 from core import faults
 from core.config import Config, dump_yaml, reward_function_name
+from core.pools import start_together
 from learner.ranks import LearnerRanks
 from reward.pool import RewardPool
 from reward.scoring import reward_metrics
@@ -69,18 +70,21 @@ def train(cfg: Config) -> Path:
 
     run_id = run_dir.name
     placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
-    rollout = RolloutPool(cfg, model_path, run_id, placement, resolve_transport(cfg))
-    rewards = RewardPool(
-        cfg.reward,
-        base_dir=Path.cwd(),
-        num_cpus=cfg.cluster.reward_cpus,
-        run_id=run_id,
-        resources=cfg.cluster.reward_resources,
-        run_dir=run_dir,
+    pools = start_together(  # vLLM, the reward sandboxes and DeepSpeed start side by side
+        rollout=lambda: RolloutPool(cfg, model_path, run_id, placement, resolve_transport(cfg)),
+        rewards=lambda: RewardPool(
+            cfg.reward,
+            base_dir=Path.cwd(),
+            num_cpus=cfg.cluster.reward_cpus,
+            run_id=run_id,
+            resources=cfg.cluster.reward_resources,
+            run_dir=run_dir,
+        ),
+        learner=lambda: LearnerRanks(cfg, model_path, run_id, placement),
     )
+    rollout, rewards, learner = pools["rollout"], pools["rewards"], pools["learner"]
     for name, layers in rewards.isolation.items():
         print(f"reward sandbox of {name}: {', '.join(layers) or 'none'}", flush=True)
-    learner = LearnerRanks(cfg, model_path, run_id, placement)
     (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))
     transport = make_transport(cfg, learner, rollout)
     health = Health(cfg, rollout, rewards, learner, transport)

@@ -67,6 +67,7 @@ def evaluate_model(
     from cluster.data import load_prompts
     from cluster.health import Health
     from cluster.ray_setup import connect_ray
+    from core.pools import start_together
     from reward.pool import RewardPool
     from rollout.pool import RolloutPool
 
@@ -77,14 +78,17 @@ def evaluate_model(
     prompts = prompts[:limit] if limit else prompts
     connect_ray(cfg)
     t0 = time.perf_counter()
-    rollout = RolloutPool(cfg, model, run_id="eval")
-    rewards = RewardPool(
-        cfg.reward,
-        base_dir=Path.cwd(),
-        num_cpus=cfg.cluster.reward_cpus,
-        run_id="eval",
-        run_dir=out_dir,
+    pools = start_together(
+        rollout=lambda: RolloutPool(cfg, model, run_id="eval"),
+        rewards=lambda: RewardPool(
+            cfg.reward,
+            base_dir=Path.cwd(),
+            num_cpus=cfg.cluster.reward_cpus,
+            run_id="eval",
+            run_dir=out_dir,
+        ),
     )
+    rollout, rewards = pools["rollout"], pools["rewards"]
     try:
         health = Health(cfg, rollout, rewards)
         report = pass_at_k_report(cfg, health.rollout, health.rewards, prompts, k, n, temperature)

@@ -29,3 +29,26 @@ def replace_dead(actors: list, start, probe) -> int:
             ray.get(probe(actors[i]))
             replaced += 1
     return replaced
+
+
+def start_together(**factories):
+    """Call every factory (each builds a pool of actors and waits until they are ready) in its
+    own thread, and return their results by name.
+
+    The pools' start-up is mostly separate processes importing vLLM or DeepSpeed and loading
+    weights, so starting them together costs about the slowest one, not the sum. If any
+    factory fails, the pools that did start are shut down and the first error (in argument
+    order) is raised.
+    """
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(len(factories), thread_name_prefix="start") as pool:
+        futures = {name: pool.submit(factory) for name, factory in factories.items()}
+        wait(futures.values())
+    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if errors:
+        for f in futures.values():
+            if f.exception() is None:
+                f.result().shutdown()
+        raise errors[0]
+    return {name: f.result() for name, f in futures.items()}
