@@ -25,7 +25,9 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -62,6 +64,8 @@ class _Worker:
     """When the running task started (its dispatch, or the previous task's answer)."""
     malformed: str = ""
     """Why its last message was refused (it is then replaced)."""
+    scratch: str = ""
+    """Its private temp dir, deleted when it is killed."""
 
 
 class Sandbox:
@@ -154,14 +158,17 @@ class Sandbox:
     def _start(self) -> _Worker:
         _forkserver_without_secrets()
         parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=worker_main, args=(child, *self.args), daemon=True)
+        scratch = tempfile.mkdtemp(prefix="cohort-reward-")
+        process = self.ctx.Process(
+            target=worker_main, args=(child, *self.args, scratch), daemon=True
+        )
         try:
             process.start()
         except OSError:  # the forkserver died under us: start a new one and try once more
             _forkserver_without_secrets()
             process.start()
         child.close()  # the parent keeps only its end, so a dead worker reads as EOF
-        return _Worker(process, parent, started=time.monotonic())
+        return _Worker(process, parent, started=time.monotonic(), scratch=scratch)
 
     def _send(self, w: _Worker, ids: list[int], tasks: list[Task], pending: deque[int]) -> None:
         try:
@@ -272,6 +279,7 @@ def _kill(w: _Worker) -> None:
         pass
     w.process.join(timeout=5)
     w.conn.close()
+    shutil.rmtree(w.scratch, ignore_errors=True)
 
 
 def _crash(exitcode: int | None) -> tuple[str, str]:

@@ -57,11 +57,13 @@ def worker_main(
     sources: dict[str, str],
     policy: Policy,
     granted_env: dict[str, str],
+    scratch: str,
 ) -> None:
     """Serve tasks from `conn` until it closes: receive a list of `Task`s, send back one JSON
     reply per task. First sends `{"ready": [active isolation layers]}`, or `{"load_error":
     message}` if the functions cannot be loaded or the isolation `policy` cannot be applied.
-    `granted_env`: the variables the functions are granted (`env`), with their values."""
+    `granted_env`: the variables the functions are granted (`env`), with their values;
+    `scratch`: the worker's private writable temp dir (its owner deletes it)."""
     os.setsid()
     die_with_parent()
     # Descriptors inherited from the forkserver (its liveness pipe, the resource tracker's
@@ -76,7 +78,6 @@ def worker_main(
         functions = load_reward_functions(cfgs, Path(base_dir), sources)
         _limit_memory(limits.memory_limit_mb)
         _limit_processes(limits.max_processes)
-        scratch = tempfile.mkdtemp(prefix="cohort-reward-")
         _keep_environment(granted_env)
         os.environ["TMPDIR"] = tempfile.tempdir = scratch
         layers = confine(replace(policy, write_dir=scratch))
