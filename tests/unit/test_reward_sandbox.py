@@ -205,3 +205,17 @@ def test_example_user_functions(tmp_path):
                             "group_diversity": 2 / 3}  # fmt: skip
     assert b.reward == a.reward == pytest.approx(1 + 2 / 3)  # the weighted sum of both parts
     assert c.reward == pytest.approx(1.0 + 2 / 3)  # c: untagged, concise
+
+
+def test_workers_temp_dirs_are_deleted_with_the_workers(tmp_path):
+    """Each worker writes only in its private temp dir; a replaced worker's and a closed
+    sandbox's dirs are deleted (else every run leaves one dir per worker in /tmp)."""
+    actor = hostile_actor(tmp_path, "os._exit(7)")
+    (sandbox,) = actor.sandboxes
+    first = [w.scratch for w in sandbox.workers]
+    assert all(Path(d).is_dir() for d in first)
+    actor.score([group(["bad"])])  # the worker that ran it died and was replaced
+    assert sum(Path(d).is_dir() for d in first) == 1
+    now = [w.scratch for w in sandbox.workers]
+    actor.close()
+    assert not any(Path(d).exists() for d in first + now)
