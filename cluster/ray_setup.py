@@ -52,6 +52,9 @@ def connect_ray(cfg: Config) -> None:
     # learner would yield the CPU to the dashboard, agent and raylet whenever those wake up.
     # The raylet reads this when it starts.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # The raylet dies if the dashboard agent has not written its ports within Ray's default
+    # timeout, which a busy few-core machine exceeds (the agent imports for ~10 s alone).
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
     # The dashboard listens on loopback only; with `secure_local_defaults` every endpoint also
     # wants the token Ray writes to ~/.ray/auth_token.
     ray.init(

@@ -10,6 +10,35 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+
+def _isolate_suite() -> str:
+    """Point every place the suite (and the Ray clusters, runs and libraries it starts) would
+    write outside its temp dirs into one folder of its own: Ray's sessions and address file
+    (TMPDIR), caches (compiled DeepSpeed ops, vLLM, matplotlib, built models), configs, and
+    Ray's auth token (given in the environment, so no ~/.ray/auth_token is written). Two
+    copies of the suite on one machine then share nothing. Short, under /tmp: Ray's unix
+    sockets live under TMPDIR and their paths must stay under 108 bytes."""
+    import secrets
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="ct-", dir="/tmp")
+    os.environ |= {
+        "TMPDIR": root,
+        "XDG_CACHE_HOME": f"{root}/cache",
+        "XDG_CONFIG_HOME": f"{root}/config",
+        "COHORT_CACHE": f"{root}/cache/cohort",
+        "MPLCONFIGDIR": f"{root}/config/matplotlib",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        # Every Ray the suite starts (`ray start`, the fixture's, the runs') survives a busy
+        # machine, as local mode does (cluster/ray_setup.py).
+        "RAY_agent_register_timeout_ms": "180000",
+    }
+    tempfile.tempdir = None  # re-read TMPDIR
+    return root
+
+
+SUITE_DIR = _isolate_suite()
+
 import pytest  # noqa: E402
 
 from cluster.models import build_tiny_llama  # noqa: E402
@@ -31,7 +60,7 @@ def ray_local():
     import ray
 
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
 
@@ -73,12 +102,12 @@ def scored(groups, rewards, valid=None):
     ]  # fmt: skip
 
 
-def short_temp_dir(prefix: str = "cohort-ray-") -> str:
-    """A new folder under /tmp for a test's own Ray cluster (`ray start --temp-dir`): Ray's unix
-    sockets live there, and their paths must stay under 108 bytes."""
+def short_temp_dir(prefix: str = "r-") -> str:
+    """A new folder in `SUITE_DIR` for a test's own Ray cluster (`ray start --temp-dir`): Ray's
+    unix sockets live there, and their paths must stay under 108 bytes."""
     import tempfile
 
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    return tempfile.mkdtemp(prefix=prefix, dir=SUITE_DIR)
 
 
 def stop_ray_cluster(*temp_dirs: str, grace_s: float = 10.0) -> None:
@@ -113,3 +142,10 @@ def stop_ray_cluster(*temp_dirs: str, grace_s: float = 10.0) -> None:
             pass
     for d in temp_dirs:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the suite's own folder (`SUITE_DIR`) once every test and cluster has ended."""
+    import shutil
+
+    shutil.rmtree(SUITE_DIR, ignore_errors=True)

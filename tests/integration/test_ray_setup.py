@@ -11,7 +11,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.integration
 
 PROBE = """
-import urllib.error, urllib.request
+import os, urllib.error, urllib.request
 from core.config import load_config
 from cluster.ray_setup import connect_ray, secure_local_defaults
 cfg = load_config("configs/smoke.yaml", [])
@@ -25,8 +25,8 @@ try:
     print("STATUS 200")
 except urllib.error.HTTPError as e:
     print("STATUS", e.code)
-token = open(__import__("os").path.expanduser("~/.ray/auth_token")).read().strip()
-auth = {"Authorization": "Bearer " + token}
+token = os.environ.get("RAY_AUTH_TOKEN") or open(os.path.expanduser("~/.ray/auth_token")).read()
+auth = {"Authorization": "Bearer " + token.strip()}
 req = urllib.request.Request(f"http://{url}/api/jobs/", headers=auth)
 print("WITH TOKEN", urllib.request.urlopen(req, timeout=10).status)
 """
