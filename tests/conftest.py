@@ -19,6 +19,7 @@ def _isolate_suite() -> str:
     copies of the suite on one machine then share nothing. Short, under /tmp: Ray's unix
     sockets live under TMPDIR and their paths must stay under 108 bytes."""
     import secrets
+    import sys
     import tempfile
 
     root = tempfile.mkdtemp(prefix="ct-", dir="/tmp")
@@ -27,6 +28,9 @@ def _isolate_suite() -> str:
         "XDG_CACHE_HOME": f"{root}/cache",
         "XDG_CONFIG_HOME": f"{root}/config",
         "COHORT_CACHE": f"{root}/cache/cohort",
+        # DeepSpeed's compiled CPU ops (minutes of compiling) belong to this venv's torch:
+        # kept with the venv, shared by suites under torch's build lock.
+        "TORCH_EXTENSIONS_DIR": os.path.join(sys.prefix, "torch_extensions"),
         "MPLCONFIGDIR": f"{root}/config/matplotlib",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
         # Every Ray the suite starts (`ray start`, the fixture's, the runs') survives a busy
