@@ -18,6 +18,7 @@ def _isolate_suite() -> str:
     Ray's auth token (given in the environment, so no ~/.ray/auth_token is written). Two
     copies of the suite on one machine then share nothing. Short, under /tmp: Ray's unix
     sockets live under TMPDIR and their paths must stay under 108 bytes."""
+    import atexit
     import secrets
     import sys
     import tempfile
@@ -38,7 +39,23 @@ def _isolate_suite() -> str:
         "RAY_agent_register_timeout_ms": "180000",
     }
     tempfile.tempdir = None  # re-read TMPDIR
+    atexit.register(_remove_suite_dir, root)
     return root
+
+
+def _remove_suite_dir(root: str) -> None:
+    """At exit, after every test and cluster has ended: delete the suite's folder, but not
+    multiprocessing's temp dirs in it (`pymp-*`): its own exit handler deletes those and fails
+    if they are already gone. The emptied folder is removed when that handler ran first."""
+    import shutil
+
+    for entry in os.scandir(root):
+        if not entry.name.startswith("pymp-"):
+            shutil.rmtree(entry.path, ignore_errors=True)
+    try:
+        os.rmdir(root)
+    except OSError:
+        pass
 
 
 SUITE_DIR = _isolate_suite()
@@ -146,10 +163,3 @@ def stop_ray_cluster(*temp_dirs: str, grace_s: float = 10.0) -> None:
             pass
     for d in temp_dirs:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Remove the suite's own folder (`SUITE_DIR`) once every test and cluster has ended."""
-    import shutil
-
-    shutil.rmtree(SUITE_DIR, ignore_errors=True)
