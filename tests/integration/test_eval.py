@@ -1,18 +1,32 @@
-"""`cohort eval` through the real entry point: vLLM loads the model (a base model, or a folder
-written by `cohort export`), generates, and pass@1/pass@k are saved as JSON."""
+"""`cohort export` and `cohort eval` on a real run: vLLM loads the model (a base model, or a
+checkpoint of the real learner exported by `cohort export`), generates, and pass@1/pass@k are
+saved as JSON. The exported checkpoint must score a fixed completion as the trained learner did
+(float32 engine: 2e-4 nats per token, far below the change of the training step)."""
 
 import json
-import shutil
 
 import pytest
 import yaml
+from transformers import AutoTokenizer
 
-from tests.conftest import run_cohort
+from cluster import checkpoint
+from cluster.cli import main
+from core.config import load_config
+from core.records import Group, Prompt, Sample
+from learner.ranks import LearnerRanks
+from rollout.pool import RolloutPool
+from tests.conftest import run_cohort, scored
 
 pytestmark = pytest.mark.integration
 
 TINY_EVAL = ["model.path=tiny-llama", "data.eval.size=6", "reward.functions=[{name: math_answer}]",
              "reward.accuracy_function=math_answer", "rollout.eval_max_new_tokens=8"]  # fmt: skip
+TOL = 2e-4  # nats per token, float32 engine (see tests/integration/test_weight_push.py)
+
+
+def max_diff(a: list[float], b: list[float]) -> float:
+    assert len(a) == len(b)
+    return max(abs(x - y) for x, y in zip(a, b))
 
 
 def test_pass_at_k_and_json(tmp_path):
@@ -27,21 +41,73 @@ def test_pass_at_k_and_json(tmp_path):
     assert "greedy accuracy" in result.stdout and "pass@3" in result.stdout
 
 
-def test_exported_folder_loads_in_vllm(tmp_path, tiny_model):
-    """A run's policy exported by `cohort export`, evaluated (so loaded and run) by vLLM."""
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = yaml.safe_load(open("configs/smoke.yaml"))
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    shutil.copytree(tiny_model, run / "policy")
-    assert run_cohort(["export", str(run), "--out", str(tmp_path / "hf")]).returncode == 0
+def groups_of(tok, prompt_ids: list[int]) -> list[Group]:
+    """8 groups of 8 hand-written completions of one prompt (the smoke config's batch)."""
+    texts = ["5", "five", "4", "55", "5.", "six", "5, five.", "x"]
+    samples = []
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        samples.append(Sample(ids, text, [0.0] * len(ids), "stop", 0))
+    return [Group(Prompt(f"p{i}", "what is 2+3?", prompt_ids, "5"), samples) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_local, tiny_model, tmp_path_factory):
+    """A run folder after one training step of the real learner: its config.yaml and the step's
+    checkpoint, written as `cluster/driver.py` writes one (`checkpoint.begin`, the learner ranks'
+    `save_checkpoint`, `checkpoint.commit`). Also the fixed prompt and completion ids, and the
+    initial and the trained learner's log-probabilities of that completion."""
+    run = tmp_path_factory.mktemp("run")
+    raw = yaml.safe_load(open("configs/smoke.yaml"))
+    raw["model"]["path"], raw["learner"]["lr"] = tiny_model, 0.01
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(run / "config.yaml")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    chat = [{"role": "user", "content": "what is 2+3?"}]
+    text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    completion_ids = tok("5, five.", add_special_tokens=False)["input_ids"]
+
+    learner = LearnerRanks(cfg, tiny_model, "export")
+    try:
+        initial = learner.sequence_logprobs(prompt_ids, completion_ids)
+        groups = groups_of(tok, prompt_ids)
+        learner.train(scored(groups, [[j % 2 for j in range(8)] for _ in groups]), step=1)
+        tmp = checkpoint.begin(run, 1)
+        learner.save_checkpoint(str(tmp / "learner"))
+        checkpoint.commit(run, tmp, 1, {"step": 1}, keep=2)
+        trained = learner.sequence_logprobs(prompt_ids, completion_ids)
+    finally:
+        learner.shutdown()
+    assert max_diff(trained, initial) > 5 * TOL, "the step did not change the policy"
+    return run, cfg, (prompt_ids, completion_ids), initial, trained
+
+
+def test_exported_checkpoint_scores_like_the_trained_learner(trained_run, tmp_path):
+    run, cfg, (prompt_ids, completion_ids), initial, trained = trained_run
+    out = tmp_path / "hf"
+    assert main(["export", str(run), "--out", str(out), "--checkpoint", "latest"]) == 0
+    engine = RolloutPool(cfg, str(out), "export")
+    try:
+        exported = engine.sequence_logprobs(prompt_ids, completion_ids)[0]
+    finally:
+        engine.shutdown()
+    assert max_diff(exported, trained) < TOL
+    assert max_diff(exported, initial) > 5 * TOL  # the checkpoint's weights, not the base model's
+
+
+def test_eval_of_a_checkpoint(trained_run, tmp_path):
+    """`cohort eval RUN --checkpoint latest` exports the checkpoint beside the run and
+    evaluates the export (so vLLM loads and runs it)."""
+    run = trained_run[0]
     out = tmp_path / "eval.json"
-    result = run_cohort(["eval", str(run), *TINY_EVAL, "--checkpoint", str(tmp_path / "hf"),
-                         "--k", "2", "--out", str(out)])  # fmt: skip
+    args = ["eval", str(run), *TINY_EVAL, "--checkpoint", "latest", "--k", "2", "--out", str(out)]
+    result = run_cohort(args)
     assert result.returncode == 0, result.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["model"] == str(tmp_path / "hf") and all(p["greedy"] is not None
-                                                          for p in res["per_prompt"])  # fmt: skip
+    assert res["model"] == str(run / "export-step_000001")
+    assert res["checkpoint"] == str(run / "checkpoints" / "step_000001")
+    assert len(res["per_prompt"]) == 6 and all(p["greedy"] is not None for p in res["per_prompt"])
 
 
 def test_eval_without_accuracy_function_is_a_clear_error(tmp_path):
