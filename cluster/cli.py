@@ -156,7 +156,16 @@ def cmd_train(args) -> int:
 
     try:
         train(cfg)
-    except (DataError, PlacementError) as e:  # bad input: a data row, or a cluster too small
+    except DataError as e:  # bad input: a data file or row
+        print(f"cohort: {e}", file=sys.stderr)
+        if cfg.data.on_bad_row == "error":
+            print(
+                "cohort: fix the file or the data.* config; with data.on_bad_row=skip, malformed "
+                "rows are skipped and counted (data_report.json) instead of stopping the run",
+                file=sys.stderr,
+            )
+        return 2
+    except PlacementError as e:  # bad input: a cluster too small for the config
         print(f"cohort: {e}", file=sys.stderr)
         return 2
     except RunStopped as e:

@@ -1,33 +1,67 @@
 """A three-node Ray cluster simulated on this machine (a head and two workers started with
-`ray start` on loopback, each labelled with its own custom resource), the smoke config with 2
-rollout engines and 2 learner ranks pinned to different nodes, run through `ray job submit`.
+`ray start` on loopback, token authentication on, each labelled with its own custom resource),
+the smoke config with 2 rollout engines and 2 DeepSpeed ranks under ZeRO-3 pinned to different
+nodes, run through `ray job submit`. So the prompt split across engines, the gloo process group
+and the layer-by-layer gathers of the weight push all run for real, across nodes.
 
 Each worker node gets its own `--temp-dir`: nodes on one machine sharing one would also share
-the runtime-env working directory, and one node's cleanup deletes it under the others.
+the runtime-env working directory, and one node's cleanup deletes it under the others. Each
+node's dashboard agent gets a free port: on Ray's fixed default (52365), held by any other Ray
+on the machine, the agents serve no HTTP and `ray job submit` finds "No available agent".
 
-Asserts: the actors landed where the config's placement says (placement.json against the
-nodes' labels); after every push all engines hold identical weights (SHA-256 over each
-engine's weights) and the weights changed; the metrics equal a single-node run of the same
-config (every non-time value to 1e-6 relative).
+Asserts: the job succeeded; the actors landed where the config's placement says
+(placement.json against the nodes' labels); after every push all engines hold identical
+weights (SHA-256 over each engine's weights) and the weights changed; the evaluation ran at
+`trainer.eval_every`; the metrics equal a single-node run of the same config (every non-time
+value to 1e-6 relative).
 """
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, ray_cli, run_cohort, short_temp_dir, stop_ray_cluster
-from tests.e2e.test_job_submit import free_port, submit_job
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["trainer.steps=3", "trainer.eval_every=0", "cluster.rollout_engines=2",
-          "learner.world_size=2", "learner.micro_batch_size=8", "cluster.verify_weights=true",
-          "cluster.rollout_cpus=0.5", "cluster.learner_cpus=0.5"]  # fmt: skip
-PINNED = ["cluster.rollout_resources={rollout_node: 1}",
-          "cluster.learner_resources={learner_node: 1}"]  # fmt: skip
+COMMON = [
+    "trainer.steps=3",
+    "trainer.eval_every=2",
+    "cluster.rollout_engines=2",
+    "learner.world_size=2",
+    "learner.zero_stage=3",
+    "learner.micro_batch_size=8",
+    "cluster.verify_weights=true",
+    "cluster.rollout_cpus=0.5",
+    "cluster.learner_cpus=0.5",
+]
+PINNED = [
+    "cluster.rollout_resources={rollout_node: 1}",
+    "cluster.learner_resources={learner_node: 1}",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def submit_job(submit: list[str], env: dict, wait_s: float = 180.0):
+    """`ray job submit`, retried while the new head's dashboard agent has not registered yet
+    (Ray answers "No available agent to submit job" for a few seconds after `ray start`, for
+    minutes on a loaded machine)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(2)
 
 
 def metrics(out: Path) -> tuple[list[dict], Path]:
@@ -36,53 +70,72 @@ def metrics(out: Path) -> tuple[list[dict], Path]:
     return rows, run
 
 
-def test_three_node_cluster_places_and_matches_single_node(tiny_model, tmp_path):
+LABELS = """
+import json, ray
+ray.init()
+nodes = [n for n in ray.nodes() if n["Alive"]]
+print(json.dumps({k: n["NodeID"] for n in nodes for k in n["Resources"] if k.endswith("_node")}))
+"""
+"""Prints {label resource: node id} of the cluster at RAY_ADDRESS."""
+
+
+def ray_start(ray: str, env: dict, temp_dir: str, *args: str) -> None:
+    """`ray start` of one node on loopback, with its own temp dir and dashboard agent port."""
+    agent = f"--dashboard-agent-listen-port={free_port()}"
+    start = [ray, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", agent]
+    start += [f"--temp-dir={temp_dir}", *args]
+    done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+def test_three_node_job_places_and_matches_single_node(tiny_model, tmp_path):
     ray, env = ray_cli()
     gcs, dash = free_port(), free_port()
-    short_dirs = [short_temp_dir() for _ in range(3)]
-    nodes = [
-        ["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--include-dashboard=true", "--num-cpus=1", '--resources={"head_node": 1}',
-         f"--temp-dir={short_dirs[2]}"],
-        [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"rollout_node": 2}',
-         f"--temp-dir={short_dirs[0]}"],
-        [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"learner_node": 2}',
-         f"--temp-dir={short_dirs[1]}"],
-    ]  # fmt: skip
+    head_dir, rollout_dir, learner_dir = dirs = [short_temp_dir() for _ in range(3)]
     try:
-        for args in nodes:
-            start = [ray, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args]
-            subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
-        labels = json.loads(subprocess.run(
-            [sys.executable, "-c", "import json, ray; ray.init(); print(json.dumps({k: n['NodeID']"
-             " for n in ray.nodes() if n['Alive'] for k in n['Resources'] if k.endswith('_node')"
-             "}))"],
-            env=env | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"}, capture_output=True, text=True,
-            check=True, timeout=120).stdout.strip().splitlines()[-1])  # fmt: skip
+        head = f"--head --port={gcs} --dashboard-host=127.0.0.1 --dashboard-port={dash}"
+        head += " --include-dashboard=true --num-cpus=1"
+        ray_start(ray, env, head_dir, *head.split(), '--resources={"head_node": 1}')
+        for node_dir, label in [(rollout_dir, "rollout_node"), (learner_dir, "learner_node")]:
+            node = [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f'--resources={{"{label}": 2}}']
+            ray_start(ray, env, node_dir, *node)
+        at_cluster = env | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"}
+        options = {"capture_output": True, "text": True, "check": True, "timeout": 120}
+        found = subprocess.run([sys.executable, "-c", LABELS], env=at_cluster, **options)
+        labels = json.loads(found.stdout.strip().splitlines()[-1])
         out = tmp_path / "cluster"
-        submit = [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}",
-                  f"--working-dir={REPO}", "--", "python", "-m", "cluster", "train",
-                  "configs/smoke.yaml", f"model.path={tiny_model}", f"trainer.output_dir={out}",
-                  *COMMON, *PINNED]  # fmt: skip
+        train = ["python", "-m", "cluster", "train", "configs/smoke.yaml"]
+        train += [f"model.path={tiny_model}", f"trainer.output_dir={out}", *COMMON, *PINNED]
+        address = f"--address=http://127.0.0.1:{dash}"
+        submit = [ray, "job", "submit", address, f"--working-dir={REPO}", "--", *train]
         job = submit_job(submit, env)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        logs = job.stdout[-4000:] + job.stderr[-2000:]
+        assert job.returncode == 0, logs
+        assert "succeeded" in job.stdout.lower(), logs
     finally:
-        stop_ray_cluster(*short_dirs)  # this cluster only, not every Ray on the machine
+        stop_ray_cluster(*dirs)  # this cluster only, not every Ray on the machine
 
     rows, run = metrics(out)
     placement = json.loads((run / "placement.json").read_text())
     assert {a["node_id"] for a in placement["rollout"]} == {labels["rollout_node"]}
     assert {a["node_id"] for a in placement["learner"]} == {labels["learner_node"]}
     assert len(placement["rollout"]) == 2 and len(placement["learner"]) == 2
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert all(r["push/engines_identical"] == 1.0 for r in rows)
-    assert len({r["push/checksum"] for r in rows}) == 3  # every push changed the weights
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    # evaluation before the first step, every trainer.eval_every steps and after the last
+    assert [r["step"] for r in rows if "eval/reward" in r] == [0, 2, 3]
+    train_rows = rows[1:]
+    assert all("reward/mean" in r and "time/generate" in r for r in train_rows)
+    assert all(r["push/engines_identical"] == 1.0 for r in train_rows)
+    assert len({r["push/checksum"] for r in train_rows}) == 3  # every push changed the weights
 
-    single = run_cohort(["train", "configs/smoke.yaml", f"model.path={tiny_model}",
-                         f"trainer.output_dir={tmp_path / 'single'}", *COMMON])  # fmt: skip
+    single_out = f"trainer.output_dir={tmp_path / 'single'}"
+    single = run_cohort(
+        ["train", "configs/smoke.yaml", f"model.path={tiny_model}", single_out, *COMMON]
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     single_rows, _ = metrics(tmp_path / "single")
     for a, b in zip(rows, single_rows, strict=True):
+        assert a.keys() == b.keys(), a["step"]
         for key, value in a.items():
             if key.startswith("time/") or not isinstance(value, float):
                 assert key.startswith("time/") or value == b[key], key
