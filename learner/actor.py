@@ -127,11 +127,31 @@ class LearnerActor:
         plan = self._plan(r.prompts_per_step * r.group_size)
         self.engine = build_engine(self.model_path, self.model, self.learner, plan)
         self.ref_model = None
-        if self.algorithm.kl_coef > 0:
-            self.ref_model = load_reference(self.model_path, self.engine.device)
+        self._load_or_drop_reference()
         pad_id = self.engine.module.config.pad_token_id
         self.pad_id = pad_id if pad_id is not None else 0
         self.optimizer_steps = 0
+
+    def _load_or_drop_reference(self) -> None:
+        """Hold the reference model exactly when `algorithm.kl_coef` > 0."""
+        if self.algorithm.kl_coef > 0 and self.ref_model is None:
+            self.ref_model = load_reference(self.model_path, self.engine.device)
+        elif self.algorithm.kl_coef == 0:
+            self.ref_model = None
+
+    def set_algorithm(self, algorithm: AlgorithmConfig) -> None:
+        """Train with `algorithm` from the next `train` call on, as a learner started with it
+        would (the reference model is loaded or dropped with `kl_coef`). Weights and optimizer
+        state are left as they are (`load_checkpoint` restores those)."""
+        if algorithm.updates_per_batch != self.algorithm.updates_per_batch:
+            raise ValueError(
+                f"algorithm.updates_per_batch cannot change from "
+                f"{self.algorithm.updates_per_batch} to {algorithm.updates_per_batch} on a running "
+                "learner: it fixed DeepSpeed's gradient accumulation steps when the engine was "
+                "built. Start a new learner with the new value."
+            )
+        self.algorithm = algorithm
+        self._load_or_drop_reference()
 
     def _plan(self, num_samples: int) -> BatchPlan:
         a, lc = self.algorithm, self.learner
@@ -235,20 +255,35 @@ class LearnerActor:
         scale = data.plan.accumulation_steps * self.world_size
         self.engine.train()
         tally = _Tally()
-        nan_loss = faults.due(self.trainer.fault_injection, "nan_loss", step)
         nonfinite = False
         for i, mb in enumerate(data.micro):
             if self.learner.micro_batch_tokens:  # the count varies per mini-batch: mark its last
                 self.engine.set_gradient_accumulation_boundary(data.ends_minibatch(i))
             loss, stats, mask = self._micro_batch_loss(data, i, old, ref, advantages)
-            if nan_loss and i == 0:
-                loss = loss * float("nan")
+            if i == 0:
+                loss = self._inject_faults(loss, step)
             self.engine.backward(loss * scale)
             nonfinite |= not bool(torch.isfinite(loss))
             if self._step(nonfinite, tally):
                 nonfinite = False  # a new mini-batch starts
             tally.add(loss, stats, mb, float(mask.sum()))
         return tally
+
+    def _inject_faults(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """`trainer.fault_injection` on the batch's first micro-batch (core/faults.py):
+        `nan_loss` makes the loss NaN; `inf_grad` leaves it finite and makes its gradient
+        infinite; with `@rankR:` only on rank R."""
+
+        def due(kind: str) -> bool:
+            spec = self.trainer.fault_injection
+            everywhere = faults.due(spec, kind, step)
+            return faults.due(spec, f"{kind}@rank{self.rank}", step) or everywhere
+
+        if due("nan_loss"):
+            loss = loss * float("nan")
+        if due("inf_grad"):
+            loss.register_hook(lambda grad: torch.full_like(grad, math.inf))
+        return loss
 
     def _micro_batch_loss(
         self, data: RankBatch, i: int, old: Logprobs, ref: Logprobs, advantages: torch.Tensor
@@ -298,9 +333,10 @@ class LearnerActor:
     def _step(self, nonfinite: bool, tally: _Tally) -> bool:
         """DeepSpeed's step after a micro-batch's backward; returns whether it ended a
         mini-batch. At a mini-batch's end the optimizer updates the weights, unless the loss or
-        the gradient is not finite on some rank: DeepSpeed would apply NaN/inf silently (fp32
-        has no overflow check), so every rank skips the update, and the step call still runs to
-        keep DeepSpeed's accumulation bookkeeping."""
+        the gradient is not finite on some rank: stage 0 in fp32 would apply NaN/inf silently,
+        so every rank skips the update, and the step call still runs to keep DeepSpeed's
+        accumulation bookkeeping. Under ZeRO, DeepSpeed's own overflow check skips an update
+        whose gradient norm is not finite (the ranks share that norm); it counts as skipped."""
         boundary = self.engine.is_gradient_accumulation_boundary()
         # ZeRO stages record the pre-clip norm during the step; stage 0 does not, so it is
         # measured before the step (gradients are already averaged over ranks by then).
@@ -312,7 +348,9 @@ class LearnerActor:
             tally.skipped += 1
         else:
             self.engine.step()
-            if boundary:
+            if boundary and not self.engine.was_step_applied():  # ZeRO's overflow check
+                tally.skipped += 1
+            elif boundary:
                 self.optimizer_steps += 1
                 recorded = self.engine.get_global_grad_norm()
                 tally.grad_norms.append(float(recorded if recorded is not None else stage0_norm))

@@ -1,8 +1,9 @@
 """The learner ranks as one object: create, rendezvous, and call every rank at once.
 
 Guarantees: every call reaches all ranks concurrently (DeepSpeed collectives need that) and
-returns rank 0's answer. Each rank is given only the config sections it reads. Not covered:
-restarting a dead rank (a dead rank ends the run).
+returns rank 0's answer; `train` stops the run if the ranks did not take and skip the same
+updates. Each rank is given only the config sections it reads. Not covered: restarting a dead
+rank (a dead rank ends the run).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import ray
 
-from core.config import Config
+from core.config import AlgorithmConfig, Config
+from core.errors import RunStopped
 from core.records import ScoredGroup
 from learner.actor import LearnerActor
 
@@ -49,8 +51,22 @@ class LearnerRanks:
 
     def train(self, batch: list[ScoredGroup], step: int = 0) -> dict[str, float]:
         """One batch of updates on the groups of `batch` with their rewards and validity;
-        metrics over the whole batch."""
-        return self._all("train", batch, step)[0]
+        metrics over the whole batch. Raises when the ranks did not update alike."""
+        per_rank = self._all("train", batch, step)
+        updates = [(m["train/optimizer_steps"], m["train/skipped_updates"]) for m in per_rank]
+        if len(set(updates)) > 1:
+            raise RunStopped(
+                f"the learner ranks did not update alike (optimizer steps, skipped updates per "
+                f"rank: {updates}), so their weights have diverged: a learner bug, every rank "
+                "must skip a non-finite update together. Continue from the last checkpoint with "
+                "trainer.resume=auto."
+            )
+        return per_rank[0]
+
+    def set_algorithm(self, algorithm: AlgorithmConfig) -> None:
+        """Train with these algorithm settings from the next batch on (see
+        `LearnerActor.set_algorithm`); with `load_checkpoint`, a learner reset to a start."""
+        self._all("set_algorithm", algorithm)
 
     def export_weights(self, dtype: str) -> list:
         """Object refs of the full policy's buckets (see `LearnerActor.export_weights`)."""

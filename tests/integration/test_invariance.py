@@ -6,20 +6,24 @@ Each aggregation divides by token and sequence counts of the whole mini-batch (n
 micro-batch), so the split cannot change the result; this test checks that on the real
 DeepSpeed engine. Gradients are read through plain SGD at lr 1 without clipping: the weight
 change of one step is exactly minus the gradient.
+
+One learner per split runs every case of that split, reset between cases to its initial
+checkpoint with the case's algorithm settings; one case is repeated after the others to check
+that a reset learner computes bitwise what the fresh one did.
 """
 
 import pytest
 import torch
 
-from core.config import load_config
 from learner.ranks import LearnerRanks
 from tests.conftest import scored
-from tests.integration.test_learner import batch, params
+from tests.integration.test_learner import batch, config, params, reset
 
 pytestmark = pytest.mark.integration
 
+REFERENCE = "1 rank x 1 micro-batch of 16"
 SPLITS = {
-    "1 rank x 1 micro-batch of 16": ["learner.world_size=1", "learner.micro_batch_size=16"],
+    REFERENCE: ["learner.world_size=1", "learner.micro_batch_size=16"],
     "1 rank x 4 micro-batches of 4": ["learner.world_size=1", "learner.micro_batch_size=4"],
     "2 ranks x 2 micro-batches of 4": ["learner.world_size=2", "learner.micro_batch_size=4"],
     "2 ranks ZeRO-2 x 1 micro-batch of 8": [
@@ -37,46 +41,92 @@ SPLITS = {
         "learner.zero_stage=2",
     ],
 }
+AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KL_CASES = {
+    "KL in the loss": ["algorithm.kl_in=loss"],
+    "KL in the reward": ["algorithm.kl_in=reward"],
+}
+KL_SPLITS = {
+    "KL in the loss": [REFERENCE, "2 ranks x 2 micro-batches of 4", "2 ranks x token budget 40"],
+    "KL in the reward": [REFERENCE, "2 ranks x token budget 40"],
+}
+CASES = {a: [f"algorithm.loss_aggregation={a}"] for a in AGGREGATIONS} | {
+    kl: ["algorithm.loss_aggregation=token-mean", "algorithm.kl_coef=0.1", *overrides]
+    for kl, overrides in KL_CASES.items()
+}
+REPEATED = ("2 ranks x token budget 40", "token-mean")
+"""The case run again, after the KL cases, on the learner that ran it first when fresh."""
 
 
-def one_step(tiny_model, aggregation: str, split: list[str], kl: bool, kl_in: str = "loss"):
-    overrides = [
-        f"model.path={tiny_model}",
-        "rollout.prompts_per_step=4",
-        "rollout.group_size=4",
+def case_config(tiny_model: str, split: str, case: str):
+    return config(
+        tiny_model,
         "learner.optimizer=sgd",
         "learner.lr=1.0",
         "learner.grad_clip=0",
-        f"algorithm.loss_aggregation={aggregation}",
         "algorithm.entropy_coef=0.01",
-        f"algorithm.kl_coef={0.1 if kl else 0}",
-        f"algorithm.kl_in={kl_in}",
         "cluster.learner_cpus=0.5",
-        *split,
-    ]
-    cfg = load_config("configs/smoke.yaml", overrides)
-    learner = LearnerRanks(cfg, tiny_model)
-    before = params(learner)
+        *SPLITS[split],
+        *CASES[case],
+    )
+
+
+def one_step(learner: LearnerRanks, start_weights: dict[str, torch.Tensor], kl: bool):
+    """(metrics, gradient) of one batch from the start; with a KL term, of a second batch,
+    which sees a policy that moved away from the reference."""
     groups, rewards, valid = batch(seed=3)
     valid[1][2] = False  # an excluded sample: it must drop out of every split alike
     metrics = learner.train(scored(groups, rewards, valid))
-    if kl:  # the second batch sees a policy that moved away from the reference
+    if kl:
         metrics = learner.train(scored(*batch(seed=4)))
-    gradient = {k: before[k] - v for k, v in params(learner).items()}
-    learner.shutdown()
+    gradient = {k: start_weights[k] - v for k, v in params(learner).items()}
     return metrics, gradient
 
 
-@pytest.mark.parametrize(
-    "aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-)
-def test_loss_and_gradient_do_not_depend_on_the_split(ray_local, tiny_model, aggregation):
-    results = {
-        name: one_step(tiny_model, aggregation, split, kl=False) for name, split in SPLITS.items()
+@pytest.fixture(scope="module")
+def results(ray_local, tiny_model, tmp_path_factory):
+    """(split, case) -> (metrics, gradient) of every case each split runs, and (split, case,
+    "again") for the repeated case. One learner per split at a time."""
+    out = {}
+    for split in SPLITS:
+        cases = [c for c in CASES if split in KL_SPLITS.get(c, SPLITS)]
+        learner = None
+        for case in cases + ([REPEATED[1]] if split == REPEATED[0] else []):
+            cfg = case_config(tiny_model, split, case)
+            if learner is None:  # the first case runs on the fresh learner
+                learner = LearnerRanks(cfg, tiny_model)
+                start = tmp_path_factory.mktemp("start")
+                learner.save_checkpoint(str(start))
+                start_weights = params(learner)
+            else:
+                reset(learner, str(start), cfg.algorithm)
+            key = (split, case) if (split, case) not in out else (split, case, "again")
+            out[key] = one_step(learner, start_weights, kl=cfg.algorithm.kl_coef > 0)
+        learner.shutdown()
+    return out
+
+
+def test_a_reset_learner_repeats_a_case_bitwise(results):
+    (m1, g1), (m2, g2) = results[REPEATED], results[(*REPEATED, "again")]
+    assert {k: v for k, v in m2.items() if not k.startswith("time/")} == {
+        k: v for k, v in m1.items() if not k.startswith("time/")
     }
-    (ref_metrics, ref_grad), *_ = results.values()
+    differ = [k for k in g1 if not torch.equal(g1[k], g2[k])]
+    assert not differ, f"after a reset, these gradients differ from the fresh learner's: {differ}"
+
+
+def test_each_case_ran_with_its_own_settings(results):
+    """A reset that kept the previous case's settings would pass the comparisons below."""
+    losses = {results[REFERENCE, a][0]["train/loss"] for a in AGGREGATIONS}
+    assert len(losses) == len(AGGREGATIONS), losses
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_loss_and_gradient_do_not_depend_on_the_split(results, aggregation):
+    ref_metrics, ref_grad = results[REFERENCE, aggregation]
     assert max(g.abs().max() for g in ref_grad.values()) > 1e-4, "the step moved nothing"
-    for name, (metrics, grad) in results.items():
+    for name in SPLITS:
+        metrics, grad = results[name, aggregation]
         assert metrics["train/loss"] == pytest.approx(ref_metrics["train/loss"], rel=1e-5), name
         assert metrics["train/grad_norm"] == pytest.approx(
             ref_metrics["train/grad_norm"], rel=1e-4
@@ -93,10 +143,9 @@ def test_loss_and_gradient_do_not_depend_on_the_split(ray_local, tiny_model, agg
             assert metrics["train/padding_frac"] < ref_metrics["train/padding_frac"], name
 
 
-@pytest.mark.parametrize("split", ["2 ranks x 2 micro-batches of 4", "2 ranks x token budget 40"])
-def test_kl_term_is_split_invariant_too(ray_local, tiny_model, split):
-    splits = [SPLITS["1 rank x 1 micro-batch of 16"], SPLITS[split]]
-    (m1, g1), (m2, g2) = (one_step(tiny_model, "token-mean", s, kl=True) for s in splits)
+@pytest.mark.parametrize("split", KL_SPLITS["KL in the loss"][1:])
+def test_kl_term_is_split_invariant_too(results, split):
+    (m1, g1), (m2, g2) = results[REFERENCE, "KL in the loss"], results[split, "KL in the loss"]
     assert m1["train/kl"] > 0
     assert m2["train/kl"] == pytest.approx(m1["train/kl"], rel=1e-4)
     assert m2["train/loss"] == pytest.approx(m1["train/loss"], rel=1e-4)
@@ -104,11 +153,10 @@ def test_kl_term_is_split_invariant_too(ray_local, tiny_model, split):
         torch.testing.assert_close(g2[key], g1[key], rtol=1e-3, atol=1e-5)
 
 
-def test_kl_penalty_is_the_same_under_a_token_budget(ray_local, tiny_model):
+def test_kl_penalty_is_the_same_under_a_token_budget(results):
     """The per-sample KL sums come back from length-sorted micro-batches to sample order."""
-    splits = [SPLITS["1 rank x 1 micro-batch of 16"], SPLITS["2 ranks x token budget 40"]]
     (m1, g1), (m2, g2) = (
-        one_step(tiny_model, "token-mean", s, kl=True, kl_in="reward") for s in splits
+        results[split, "KL in the reward"] for split in KL_SPLITS["KL in the reward"]
     )
     assert m1["train/kl_penalty"] > 0
     assert m2["train/kl_penalty"] == pytest.approx(m1["train/kl_penalty"], rel=1e-4)

@@ -1,14 +1,21 @@
-"""The DeepSpeed learner on its own: what one `train` call does to the weights and metrics.
+"""The DeepSpeed learner on its own: what one `train` call does to the weights, the optimizer
+state and the metrics; a reset to the start (`set_algorithm` and `load_checkpoint`); and the
+guard that skips a non-finite update, under every ZeRO stage, on one rank or on all.
 
-Batches are built by hand (random completions of a tiny Llama), so no engine is needed.
+Batches are built by hand (random completions of a tiny Llama), so no engine is needed. A
+learner takes about 15 s to start, so tests share one per module where they can, each test
+starting from a reset.
 """
 
+import math
 import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from core.config import load_config
+from core.config import AlgorithmConfig, load_config
 from core.records import Group, Prompt, Sample
 from learner.ranks import LearnerRanks
 from tests.conftest import scored
@@ -38,40 +45,147 @@ def params(learner: LearnerRanks) -> dict[str, torch.Tensor]:
     return {k: v.clone() for ref in refs for k, v in ray.get(ref).items()}
 
 
-def test_step_changes_every_parameter_and_reports_metrics(ray_local, tiny_model):
-    overrides = [
-        f"model.path={tiny_model}",
-        "rollout.prompts_per_step=4",
-        "rollout.group_size=4",
-        "learner.micro_batch_size=4",
-        "learner.lr=1e-3",
-    ]
-    cfg = load_config("configs/smoke.yaml", overrides)
+def config(tiny_model: str, *overrides: str):
+    """The smoke config on the tiny model, 16 samples a batch (4 prompts x 4)."""
+    base = [f"model.path={tiny_model}", "rollout.prompts_per_step=4", "rollout.group_size=4"]
+    return load_config("configs/smoke.yaml", [*base, *overrides])
+
+
+def reset(learner: LearnerRanks, start: str, algorithm: AlgorithmConfig) -> None:
+    """Back to the checkpoint `start` (weights, optimizer, schedule, RNG), with `algorithm`."""
+    learner.set_algorithm(algorithm)
+    learner.load_checkpoint(start)
+
+
+def training_state(learner: LearnerRanks, path: Path) -> dict[str, object]:
+    """Every value the learner's checkpoint holds (DeepSpeed's model, optimizer and schedule
+    files of all ranks, ZeRO partitions included), flat by path, e.g.
+    `zero_pp_rank_1_mp_rank_00_optim_states.pt/.../state/0/exp_avg`."""
+    learner.save_checkpoint(str(path))
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(f"{prefix}/{i}", v)
+        elif hasattr(value, "__dict__") and not isinstance(value, torch.Tensor):
+            walk(prefix, vars(value))  # e.g. DeepSpeed's loss scaler: compared by its fields
+        else:
+            flat[prefix] = value
+
+    for file in sorted((path / "deepspeed").glob("*.pt")):
+        walk(file.name, torch.load(file, map_location="cpu", weights_only=False))
+    return flat
+
+
+def changed(before: dict[str, object], after: dict[str, object]) -> set[str]:
+    """The paths whose values differ (bitwise for tensors)."""
+
+    def same(a, b) -> bool:
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            return type(a) is type(b) and a.shape == b.shape and torch.equal(a, b)
+        return a == b
+
+    return {k for k in before.keys() | after.keys() if not same(before.get(k), after.get(k))}
+
+
+def name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def summary(paths: set[str]) -> list[str]:
+    """`paths` with parameter indices and weight names as `*`, for a short failure message."""
+    return sorted({re.sub(r"/module/.*", "/module/*", re.sub(r"/\d+/", "/*/", p)) for p in paths})
+
+
+# ---------------------------------------------------------------------------------------------
+# One rank, shared by the tests below: each starts from the learner's initial checkpoint.
+
+
+@pytest.fixture(scope="module")
+def one_rank(ray_local, tiny_model, tmp_path_factory):
+    """A 1-rank AdamW learner warming up over 3 steps, its initial checkpoint, and what its
+    first update did on a fresh start: (learner, start, (weights before, metrics, after))."""
+    cfg = config(
+        tiny_model, "learner.micro_batch_size=4", "learner.lr=1e-2", "learner.warmup_steps=3"
+    )
     learner = LearnerRanks(cfg, tiny_model)
+    start = tmp_path_factory.mktemp("start")
+    learner.save_checkpoint(str(start))
     before = params(learner)
-    metrics = learner.train(scored(*batch()))
-    after = params(learner)
+    metrics = learner.train(scored(*batch(seed=0)))
+    yield learner, str(start), (before, metrics, params(learner))
+    learner.shutdown()
+
+
+def test_step_changes_every_parameter_and_reports_metrics(one_rank):
+    _, _, (before, metrics, after) = one_rank
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert not unchanged, f"parameters a step did not change: {unchanged}"
     assert metrics["train/optimizer_steps"] == 1
-    assert metrics["train/grad_norm"] > 0 and metrics["train/lr"] == pytest.approx(1e-3)
+    # lr x min(1, (steps + 1) / warmup_steps): the next step's rate, 2/3 of the way up
+    assert metrics["train/grad_norm"] > 0 and metrics["train/lr"] == pytest.approx(1e-2 * 2 / 3)
     assert metrics["train/clip_frac"] == 0.0  # one update: ratio is exactly 1
     assert "train/kl" not in metrics  # kl_coef 0: no reference model
-    learner.shutdown()
+
+
+def test_a_reset_learner_repeats_its_first_update_bitwise(one_rank, tiny_model):
+    """Weights, AdamW's moments and step count, the warm-up's position, the step counter and
+    the algorithm (a reference model loaded, then dropped) all go back to the start."""
+    learner, start, (_, first, first_after) = one_rank
+    kl = config(tiny_model, "algorithm.kl_coef=0.1").algorithm
+    reset(learner, start, kl)
+    for seed in (1, 2):  # moments, step count and warm-up move on; the KL term needs the ref
+        assert "train/kl" in learner.train(scored(*batch(seed=seed)))
+    reset(learner, start, config(tiny_model).algorithm)
+    again = learner.train(scored(*batch(seed=0)))
+    timeless = {k: v for k, v in first.items() if not k.startswith("time/")}
+    assert {k: v for k, v in again.items() if not k.startswith("time/")} == timeless
+    moved = [k for k, v in params(learner).items() if not torch.equal(v, first_after[k])]
+    assert not moved, f"after a reset, the first update moved these weights otherwise: {moved}"
+
+
+def test_kl_as_reward_penalty_and_sampler_correction(one_rank, tiny_model):
+    learner, start, _ = one_rank
+    algorithm = config(
+        tiny_model,
+        "algorithm.kl_coef=0.1",
+        "algorithm.kl_in=reward",
+        "algorithm.kl_estimator=k1",
+        "algorithm.sampler_correction=token_truncate",
+        "algorithm.correction_upper=2",
+    ).algorithm
+    reset(learner, start, algorithm)
+    first = learner.train(scored(*batch(seed=0)))
+    # Before any step the policy is the reference: no penalty, and no KL term in the loss.
+    assert first["train/kl_penalty"] == pytest.approx(0.0, abs=1e-6)
+    assert "train/kl" not in first
+    # The batch's sampler log-probs are a flat -3.9, far below the learner's on its favoured
+    # tokens, so some weights pi_learner / pi_sampler exceed 2 and are truncated.
+    assert 0 < first["train/tis/truncated_frac"] < 1
+    assert first["train/tis/weight_mean"] <= 2.0
+    second = learner.train(scored(*batch(seed=1)))
+    assert second["train/kl_penalty"] != 0.0  # the policy moved away from the reference
+
+
+def test_set_algorithm_refuses_a_different_number_of_updates(one_rank, tiny_model):
+    learner, _, _ = one_rank
+    two = config(tiny_model, "learner.micro_batch_size=4", "algorithm.updates_per_batch=2")
+    with pytest.raises(ValueError, match="updates_per_batch cannot change from 1 to 2"):
+        learner.set_algorithm(two.algorithm)
 
 
 def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
     overrides = [
-        f"model.path={tiny_model}",
-        "rollout.prompts_per_step=4",
-        "rollout.group_size=4",
         "learner.micro_batch_size=4",
         "learner.lr=1e-2",
         "algorithm.updates_per_batch=2",
         "algorithm.kl_coef=0.1",
     ]
-    cfg = load_config("configs/smoke.yaml", overrides)
-    learner = LearnerRanks(cfg, tiny_model)
+    learner = LearnerRanks(config(tiny_model, *overrides), tiny_model)
     first = learner.train(scored(*batch(seed=0)))
     # Two mini-batches: two optimizer steps. The second runs on moved weights, so the ratio
     # departs from 1 and the policy departs from the reference.
@@ -84,52 +198,60 @@ def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
     learner.shutdown()
 
 
-def test_kl_as_reward_penalty_and_sampler_correction(ray_local, tiny_model):
-    overrides = [
-        f"model.path={tiny_model}",
-        "rollout.prompts_per_step=4",
-        "rollout.group_size=4",
+# ---------------------------------------------------------------------------------------------
+# The non-finite guard: two ranks per ZeRO stage, one learner per stage shared by the faults.
+
+FAULTS = {
+    "NaN loss on every rank": "nan_loss@2",
+    "finite loss, infinite gradient on every rank": "inf_grad@3",
+    "NaN loss on rank 1 only": "nan_loss@rank1:4",
+    "finite loss, infinite gradient on rank 1 only": "inf_grad@rank1:5",
+}
+STEP_BOOKKEEPING = {"global_steps", "global_samples", "skipped_steps", "overflow"}
+"""What a skipped update may change in the checkpoint: DeepSpeed's counts of its step calls
+(which still run, to keep its accumulation bookkeeping) and of its own overflow skips."""
+
+
+@pytest.fixture(scope="module", params=[0, 1, 2, 3], ids=lambda stage: f"ZeRO-{stage}")
+def guarded(request, ray_local, tiny_model):
+    """Two AdamW ranks at one ZeRO stage, 2 micro-batches per rank and update, warming up over
+    10 steps, with every fault of FAULTS configured; one normal update taken, so that Adam has
+    moments and the warm-up has moved."""
+    cfg = config(
+        tiny_model,
+        "learner.world_size=2",
+        f"learner.zero_stage={request.param}",
         "learner.micro_batch_size=4",
         "learner.lr=1e-2",
-        "algorithm.kl_coef=0.1",
-        "algorithm.kl_in=reward",
-        "algorithm.kl_estimator=k1",
-        "algorithm.sampler_correction=token_truncate",
-        "algorithm.correction_upper=2",
-    ]
-    cfg = load_config("configs/smoke.yaml", overrides)
+        "learner.warmup_steps=10",
+        f"trainer.fault_injection={','.join(FAULTS.values())}",
+    )
     learner = LearnerRanks(cfg, tiny_model)
-    first = learner.train(scored(*batch(seed=0)))
-    # Before any step the policy is the reference: no penalty, and no KL term in the loss.
-    assert first["train/kl_penalty"] == pytest.approx(0.0, abs=1e-6)
-    assert "train/kl" not in first
-    # The batch's sampler log-probs are a flat -3.9, far below the learner's on its favoured
-    # tokens, so some weights pi_learner / pi_sampler exceed 2 and are truncated.
-    assert 0 < first["train/tis/truncated_frac"] < 1
-    assert first["train/tis/weight_mean"] <= 2.0
-    second = learner.train(scored(*batch(seed=1)))
-    assert second["train/kl_penalty"] != 0.0  # the policy moved away from the reference
+    first = learner.train(scored(*batch(seed=0)), 1)
+    assert first["train/optimizer_steps"] == 1 and first["train/skipped_updates"] == 0
+    yield learner
     learner.shutdown()
 
 
-def test_nonfinite_step_leaves_weights_and_optimizer_alone(ray_local, tiny_model):
-    # one micro-batch per update (every micro-batch is a step boundary)
-    overrides = [
-        f"model.path={tiny_model}",
-        "rollout.prompts_per_step=4",
-        "rollout.group_size=4",
-        "learner.micro_batch_size=16",
-        "learner.lr=1e-2",
-        "trainer.fault_injection=nan_loss@1",
-    ]
-    cfg = load_config("configs/smoke.yaml", overrides)
-    learner = LearnerRanks(cfg, tiny_model)
-    before = params(learner)
-    skipped = learner.train(scored(*batch(seed=0)), 1)
-    assert skipped["train/skipped_updates"] == 1 and skipped["train/optimizer_steps"] == 0
-    after = params(learner)
-    assert all(torch.equal(before[k], after[k]) for k in before), "a skipped step moved weights"
-    normal = learner.train(scored(*batch(seed=0)), 2)
-    assert normal["train/skipped_updates"] == 0 and normal["train/optimizer_steps"] == 1
-    assert all(torch.isfinite(v).all() for v in params(learner).values())
-    learner.shutdown()
+@pytest.mark.parametrize("fault", FAULTS)
+def test_nonfinite_update_is_skipped_on_every_rank_and_changes_nothing(guarded, fault, tmp_path):
+    learner, step = guarded, int(re.split("[@:]", FAULTS[fault])[-1])
+    before, weights = training_state(learner, tmp_path / "before"), params(learner)
+    assert {"exp_avg", "exp_avg_sq", "step", "last_epoch"} <= {name(k) for k in before}
+
+    # LearnerRanks.train stops the run (RunStopped) if the ranks did not skip alike.
+    skipped = learner.train(scored(*batch(seed=step)), step)
+    assert skipped["train/skipped_updates"] == 1, fault
+    assert math.isfinite(skipped["train/loss"]) == ("finite loss" in fault)
+    after = training_state(learner, tmp_path / "after")
+    moved = {k for k in changed(before, after) if name(k) not in STEP_BOOKKEEPING}
+    assert not moved, f"{fault}: a skipped update changed {summary(moved)}"
+    assert all(torch.equal(weights[k], v) for k, v in params(learner).items()), fault
+
+    # The next update is a normal one: it counts, and moves the moments and the warm-up.
+    normal = learner.train(scored(*batch(seed=step)), 0)
+    assert normal["train/skipped_updates"] == 0, fault
+    assert normal["train/optimizer_steps"] == skipped["train/optimizer_steps"] + 1, fault
+    assert all(torch.isfinite(v).all() for v in params(learner).values()), fault
+    moved = {name(k) for k in changed(after, training_state(learner, tmp_path / "next"))}
+    assert {"exp_avg", "exp_avg_sq", "step", "last_epoch"} <= moved, fault
