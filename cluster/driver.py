@@ -55,7 +55,6 @@ def train(cfg: Config) -> Path:
     resume_from = find_resume_point(Path(t.output_dir), t.resume)
     run_dir = resume_from.parent.parent if resume_from else create_run_dir(cfg)
     print(f"run directory: {run_dir}", flush=True)
-    connect_ray(cfg)
     model_path = resolve_model(cfg.model.path)
 
     from transformers import AutoTokenizer
@@ -68,6 +67,7 @@ def train(cfg: Config) -> Path:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     stream = PromptStream(train_prompts, t.seed, cfg.data.shuffle)
 
+    connect_ray(cfg)  # after the data is read: a bad row is reported before Ray starts
     run_id = run_dir.name
     placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
     pools = start_together(  # vLLM, the reward sandboxes and DeepSpeed start side by side

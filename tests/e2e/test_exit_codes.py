@@ -1,8 +1,8 @@
 """`cohort train`'s exit codes for bad input and a stopped run, each with a message that says
 what was wrong, where, and what to do: 2 for a malformed dataset row (the file and the row
 named), 3 when a reward function fails on more than `reward.max_failure_rate` of a scoring
-call's samples (the failures are logged with their tracebacks). Both start Ray: the driver
-connects before it reads the data."""
+call's samples (the failures are logged with their tracebacks). The data is read before Ray
+starts, so a bad row is reported in seconds."""
 
 import json
 
@@ -38,6 +38,7 @@ def test_a_malformed_data_row_exits_2_naming_file_and_row(tiny_model, tmp_path):
     assert f"cohort: {data}, row 3: not valid JSON" in done.stderr
     assert "data.on_bad_row=skip" in done.stderr  # what to do besides fixing the row
     assert "Traceback" not in done.stderr
+    assert "Ray" not in done.stdout + done.stderr  # reported before Ray starts
 
 
 def test_a_failing_reward_function_exits_3_with_the_failures_logged(tiny_model, tmp_path):

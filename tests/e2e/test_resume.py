@@ -10,7 +10,7 @@ the data position and every rank's RNG states are in the checkpoint, DeepSpeed r
 fp32 weights and Adam moments (each rank its shard) exactly, and torch's CPU kernels are
 deterministic for a fixed thread count.
 
-The fault cases are chained: one run is killed five times, each resumed process meeting the
+The fault cases are chained: one run is killed four times, each resumed process meeting the
 next fault (a process start costs a minute, a step a second); `trainer.fault_injection` may
 differ between a run and its resumption, as any config key may. Not covered: a real full disk
 with two learner ranks (see test_full_disk_keeps_the_previous_checkpoint).
@@ -35,7 +35,6 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.slow
 # Each fault, and the step of the checkpoint the next process resumes from.
 FAULTS = [
-    ("kill@generate:2", 1),
     ("kill@train:3", 2),
     ("kill@push:4", 3),  # weights half pushed: the engines get the checkpoint's on resume
     ("kill@checkpoint:5", 4),  # learner state of step 5 written, manifest not: unusable
@@ -64,7 +63,7 @@ def assert_same_run(run, reference) -> None:
     assert all((weights[k] == want[k]).all() for k in weights), "weights differ"
 
 
-@pytest.mark.timeout(7 * RUN_TIMEOUT_S)  # the shared run (if not done yet) and six processes
+@pytest.mark.timeout(6 * RUN_TIMEOUT_S)  # the shared run (if not done yet) and five processes
 def test_killed_run_resumes_exactly(tiny_model, tmp_path, grpo_run):
     """The GRPO run, killed at each of FAULTS in turn and resumed each time, ends as the
     uninterrupted one did."""
@@ -125,12 +124,13 @@ def small_filesystem(tmp_path, one_step_off_run):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.timeout(3 * RUN_TIMEOUT_S)
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S)
 def test_full_disk_keeps_the_previous_checkpoint(tiny_model, small_filesystem, one_step_off_run):
-    """On a real full disk every checkpoint after the first fails and is cleaned up, the run
-    goes on with the same metrics, and resuming from the first checkpoint reproduces them.
-    With one learner rank: with two, a write that fails on one rank only leaves the other in
-    DeepSpeed's save barrier, and the next step's all-reduce never completes."""
+    """On a real full disk every checkpoint after the first fails and is cleaned up, and the run
+    goes on with the same metrics (resuming after a failed checkpoint is the chained test's
+    `disk_full` case). With one learner rank: with two, a write that fails on one rank only
+    leaves the other in DeepSpeed's save barrier, and the next step's all-reduce never
+    completes."""
     out = small_filesystem / "runs"
     config = (*ONE_STEP_OFF, "trainer.save_final=false")
     first = cohort(tiny_model, out, *config)
@@ -139,7 +139,3 @@ def test_full_disk_keeps_the_previous_checkpoint(tiny_model, small_filesystem, o
     assert latest(run.dir) == "step_000001"
     assert not list((run.dir / "checkpoints").glob(".tmp-*"))  # the failed write was cleaned up
     assert run.exact_rows == one_step_off_run.exact_rows  # failed checkpoints change nothing
-    resumed = cohort(tiny_model, out, *config, "trainer.resume=auto")
-    run = run_in(out, resumed)
-    assert "(step 1)" in resumed.stdout
-    assert run.exact_rows == one_step_off_run.exact_rows
