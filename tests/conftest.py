@@ -44,18 +44,24 @@ def _isolate_suite() -> str:
 
 
 def _remove_suite_dir(root: str) -> None:
-    """At exit, after every test and cluster has ended: delete the suite's folder, but not
-    multiprocessing's temp dirs in it (`pymp-*`): its own exit handler deletes those and fails
-    if they are already gone. The emptied folder is removed when that handler ran first."""
+    """At exit, after every test and cluster has ended: delete the suite's folder, including
+    what killed processes left there (their multiprocessing `pymp-*` dirs, vLLM's rendezvous
+    files). This process's own `pymp-*` dir is left to multiprocessing's exit handler, which
+    fails if it is already gone; the folder itself is then removed after that handler."""
+    import multiprocessing
+    import multiprocessing.util
     import shutil
 
+    own = multiprocessing.current_process()._config.get("tempdir")  # no public accessor
     for entry in os.scandir(root):
-        if not entry.name.startswith("pymp-"):
+        if entry.path != own:
             shutil.rmtree(entry.path, ignore_errors=True)
-    try:
-        os.rmdir(root)
-    except OSError:
-        pass
+    if own and os.path.isdir(own):  # multiprocessing removes it at priority -100, then this
+        multiprocessing.util.Finalize(
+            None, shutil.rmtree, args=(root,), kwargs={"ignore_errors": True}, exitpriority=-101
+        )
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 SUITE_DIR = _isolate_suite()
