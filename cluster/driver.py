@@ -95,8 +95,7 @@ def train(cfg: Config) -> Path:
     if resume_from:
         start = resume(resume_from, run_dir, learner, stream)
         batches.restore(resume_from)
-        transport.push(learner, rollout, version=start)  # engines sample the checkpoint's policy
-        health.weights_version = start
+        health.push(start)  # engines sample the checkpoint's policy
     log = MetricsLog.for_run(run_dir, cfg)  # metrics.jsonl, console, TensorBoard/W&B/MLflow
     if t.eval_every and start == 0:
         log.write({"step": 0, **evaluate(cfg, health.rollout, health.rewards, eval_prompts)})
@@ -118,8 +117,7 @@ def train(cfg: Config) -> Path:
             rollout.wake_up()
         batches.wait_idle(timer)  # the engines finish the batch generated ahead first
         with timer("push"), faults_during("push", t.fault_injection, step):
-            transport.push(learner, rollout, version=step)
-        health.weights_version = step
+            health.push(step)  # within cluster.push_timeout_s, or heals / stops
         groups, scores = batch.generated_groups, batch.generated_scores
         row = {"step": step, **reward_metrics(scores, names)} | batch.metrics
         row |= rollout_metrics(groups, scores, cfg.reward.accuracy_function)

@@ -3,7 +3,10 @@
 Guaranteed: a rollout engine or reward actor that dies (killed, crashed, out of memory) during
 a call is restarted, a restarted engine receives the current weights before the call is
 retried, and each restart is counted (`faults/rollout_restarts`, `faults/reward_restarts`);
-a call is retried at most `MAX_RETRIES` times. A learner rank that dies stops the run with a
+a call is retried at most `MAX_RETRIES` times. A weight push has a deadline
+(`cluster.push_timeout_s`) per phase: an engine that misses it is killed, restarted (counted as
+above) and pushed to once more; a second miss, or a learner rank missing it, stops the run
+naming the engine or rank, the phase and the wait. A learner rank that dies stops the run with a
 message naming the last checkpoint (ZeRO state cannot be rebuilt from the other ranks). A step
 whose loss or gradient norm is not finite was skipped by the learner (no weight change); after
 `trainer.max_nonfinite_steps` such steps in a row the run stops. Not covered: a dead driver
@@ -22,7 +25,7 @@ from ray.exceptions import RayActorError
 
 from core import faults
 from core.config import Config
-from core.errors import RunStopped
+from core.errors import DeadlineMissed, RunStopped
 from core.records import ScoredGroup
 
 MAX_RETRIES = 2
@@ -93,7 +96,45 @@ class Health:
         self._raw_rollout, self._raw_rewards = rollout, rewards
 
     def _push_current_weights(self) -> None:
-        self.transport.push(self.learner, self._raw_rollout, version=self.weights_version)
+        self._push_healing(self.weights_version)
+
+    def push(self, version: int) -> None:
+        """Give every engine the learner's current weights, tagged `version` (see
+        `_push_healing`); the `hang_rollout` fault hook fires here."""
+        if faults.due(self.cfg.trainer.fault_injection, "hang_rollout", self.step):
+            print(f"fault injection: rollout engine 0 hangs in step {self.step}'s push", flush=True)
+            self._raw_rollout.hang_in_next_load(0, seconds=3600.0)
+        self._push_healing(version)
+        self.weights_version = version
+
+    def _push_healing(self, version: int) -> None:
+        """Push; engines that miss the push deadline are killed, restarted and pushed to again,
+        once. A second miss, or a learner rank's, stops the run."""
+        try:
+            self.transport.push(self.learner, self._raw_rollout, version=version)
+            return
+        except DeadlineMissed as e:
+            if e.who != "rollout engine":
+                raise RunStopped(self._deadline_message(e, "")) from e
+            print(f"weight push of step {self.step}: {e}; restarting it, pushing again", flush=True)
+            for i in e.late:
+                ray.kill(self._raw_rollout.actors[i])
+        self.restarts["rollout"] += self._raw_rollout.restart_dead()
+        try:
+            self.transport.push(self.learner, self._raw_rollout, version=version)
+        except DeadlineMissed as e:
+            raise RunStopped(self._deadline_message(e, " again, after a restart")) from e
+
+    def _deadline_message(self, e: DeadlineMissed, again: str) -> str:
+        limit = self.cfg.cluster.push_timeout_s
+        names = ", ".join(f"{e.who} {i}" for i in e.late)
+        return (
+            f"the weight push of step {self.step} missed its deadline{again}: {e} "
+            f"(cluster.push_timeout_s={limit:g}). If pushes of this model are that slow, raise "
+            f"cluster.push_timeout_s; otherwise read the log of {names} (Ray's worker logs, "
+            "session_latest/logs under Ray's temp folder). Continue from the last checkpoint "
+            "with trainer.resume=auto."
+        )
 
     def before_generate(self) -> None:
         """Fault-injection hooks that kill an actor before this step's generation."""

@@ -6,7 +6,9 @@ A spec is `KIND@STEP` or `KIND@PHASE:STEP`, several separated by commas:
 ENOSPC while step 2's checkpoint is written; `nan_loss@2` makes the learner's loss NaN in step
 2 and `inf_grad@2` keeps it finite but makes its gradient infinite, on every learner rank
 (`nan_loss@rank1:2`, `inf_grad@rank1:2`: on rank 1 only); `kill_rollout@3` / `kill_reward@3` /
-`kill_learner@3` kill rollout engine 0 / reward actor 0 / learner rank 0 in step 3.
+`kill_learner@3` kill rollout engine 0 / reward actor 0 / learner rank 0 in step 3;
+`hang_rollout@2` makes rollout engine 0 stop answering in the middle of step 2's weight push
+(it receives the first bucket, then sleeps an hour), which `cluster.push_timeout_s` catches.
 Guaranteed: an empty spec does nothing, and every fault fires at most once per process. Not
 covered: faults outside these points.
 """

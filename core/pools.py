@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import TypeVar
+
+from core.errors import DeadlineMissed
 
 T = TypeVar("T")
 
@@ -29,6 +32,23 @@ def replace_dead(actors: list, start, probe) -> int:
             ray.get(probe(actors[i]))
             replaced += 1
     return replaced
+
+
+def get_within(refs: list, timeout_s: float, who: str, phase: str, wait=None, get=None) -> list:
+    """`ray.get(refs)` (one ref per actor, in actor order) that waits at most `timeout_s` seconds
+    in all; raises `DeadlineMissed` naming the actors whose call had not finished by then. A call
+    that failed counts as finished: `ray.get` raises its error (a dead actor stays a
+    `RayActorError`). `wait` and `get` stand in for `ray.wait` / `ray.get` in tests."""
+    if wait is None or get is None:
+        import ray
+
+        wait, get = wait or ray.wait, get or ray.get
+    t0 = time.monotonic()
+    _, pending = wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        late = [i for i, ref in enumerate(refs) if ref in pending]
+        raise DeadlineMissed(who, late, phase, time.monotonic() - t0)
+    return get(refs)
 
 
 def start_together(**factories):

@@ -14,6 +14,7 @@ import ray
 
 from core.config import AlgorithmConfig, Config
 from core.errors import RunStopped
+from core.pools import get_within
 from core.records import ScoredGroup
 from learner.actor import LearnerActor
 
@@ -23,6 +24,7 @@ class LearnerRanks:
         """`placement` (`cluster.placement.Placement`) puts rank r in bundle r of the learner
         placement group."""
         remote = ray.remote(LearnerActor)
+        self.push_timeout_s = cfg.cluster.push_timeout_s
 
         def options(rank: int) -> dict[str, Any]:
             if placement is not None:
@@ -69,8 +71,10 @@ class LearnerRanks:
         self._all("set_algorithm", algorithm)
 
     def export_weights(self, dtype: str) -> list:
-        """Object refs of the full policy's buckets (see `LearnerActor.export_weights`)."""
-        return self._all("export_weights", dtype)[0]
+        """Object refs of the full policy's buckets (see `LearnerActor.export_weights`); raises
+        `DeadlineMissed` naming the ranks that did not finish within `cluster.push_timeout_s`."""
+        futures = [r.export_weights.remote(dtype) for r in self.ranks]
+        return get_within(futures, self.push_timeout_s, "learner rank", "export")[0]
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Rank 0's log-probabilities of a fixed completion (not under ZeRO-3, whose forward

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from core.config import Config, parse_cores
 from core.records import Group, Prompt, Sample
@@ -110,6 +111,7 @@ class RolloutActor:
             **gpu_options,
         )
         self.version = 0
+        self.hang_s = 0.0
 
     def generate(
         self,
@@ -157,9 +159,20 @@ class RolloutActor:
 
     def load_weights(self, refs: list, version: int) -> None:
         """Reload all weights from object-store buckets (see `WeightReceiver`)."""
+        hang_s, self.hang_s = self.hang_s, 0.0
+        if hang_s:  # fault injection: the first bucket arrives, then no answer
+            import ray
+
+            ray.get(refs[0])
+            time.sleep(hang_s)
         self.llm.collective_rpc("cohort_load_weights", args=(refs,))
         self.llm.reset_prefix_cache()
         self.version = version
+
+    def hang_in_next_load(self, seconds: float) -> None:
+        """Fault injection (`hang_rollout`): the next `load_weights` stops answering for
+        `seconds` after receiving the first bucket."""
+        self.hang_s = seconds
 
     # vLLM's weight-transfer protocol (NCCL / IPC), as `RayVLLMWeightSyncClient` calls it on
     # an engine actor; each forwards to the engine's workers like vLLM's AsyncLLM does.

@@ -1,7 +1,8 @@
 """All rollout engines as one object: split prompts across them, broadcast weights.
 
 Guarantees: `generate` returns groups in the order of the prompts given, whatever the number
-of engines; `load_weights` returns once every engine holds the new version. A dead engine
+of engines; `load_weights` returns once every engine holds the new version, or raises
+`DeadlineMissed` naming the engines that did not within `cluster.push_timeout_s`. A dead engine
 is replaced by `restart_dead` (`cluster/health.py` decides when).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ray
 
 from core.config import Config
-from core.pools import replace_dead, split_contiguous
+from core.pools import get_within, replace_dead, split_contiguous
 from core.records import Group, Prompt
 from rollout.actor import RolloutActor, engine_env
 
@@ -87,7 +88,12 @@ class RolloutPool:
         return [g for part in ray.get(futures) for g in part]
 
     def load_weights(self, refs: list, version: int) -> None:
-        ray.get([a.load_weights.remote(refs, version) for a in self.actors])
+        futures = [a.load_weights.remote(refs, version) for a in self.actors]
+        get_within(futures, self.cfg.cluster.push_timeout_s, "rollout engine", "load")
+
+    def hang_in_next_load(self, engine: int, seconds: float) -> None:
+        """Fault injection: engine `engine` stops answering for `seconds` in its next load."""
+        ray.get(self.actors[engine].hang_in_next_load.remote(seconds))
 
     def sequence_logprobs(
         self, prompt_ids: list[int], completion_ids: list[int]

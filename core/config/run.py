@@ -120,6 +120,10 @@ class ClusterConfig:
     offload_learner: bool = False
     """Colocated mode: move the learner's ZeRO states to CPU memory while the engines generate
     (DeepSpeed `offload_states`; needs learner.zero_stage >= 1)."""
+    push_timeout_s: float = 300.0
+    """Deadline (seconds) for each phase of a weight push (`object_store`: the learner's
+    export, each engine's load); always on. An engine that misses it is killed, restarted and
+    pushed to once more; a second miss, or a learner rank's, stops the run (exit 3, resumable)."""
     verify_weights: bool = False
     """After every push, check that all engines hold identical weights (a checksum per engine;
     costs one pass over the weights; for tests and debugging)."""
@@ -134,6 +138,12 @@ class ClusterConfig:
             "cluster.rollout_engines",
             self.rollout_engines,
             "must be >= 1",
+        )
+        require(
+            0 < self.push_timeout_s < float("inf"),
+            "cluster.push_timeout_s",
+            self.push_timeout_s,
+            "must be > 0 seconds (a push always has a deadline; raise it for slow pushes)",
         )
         require(self.rollout_tp >= 1, "cluster.rollout_tp", self.rollout_tp, "must be >= 1")
         require(

@@ -68,6 +68,8 @@ def test_overrides_are_typed_and_nested():
         ("trainer.mode=asink", "trainer.mode='asink' is not one of 'sync', 'one_step_off'"),
         ("trainer.mode=one_step_off", "set algorithm.sampler_correction to token_truncate"),
         ("learner.cpu_cores=one", "learner.cpu_cores='one': use core numbers like 1, 4-7"),
+        ("cluster.push_timeout_s=0", "cluster.push_timeout_s=0.0: must be > 0 seconds (a push"),
+        ("cluster.push_timeout_s=-5", "cluster.push_timeout_s=-5.0: must be > 0 seconds"),
         ("rollout", "override 'rollout' must look like key.sub=value"),
     ],
 )
