@@ -4,10 +4,11 @@ Guaranteed: a rollout engine or reward actor that dies (killed, crashed, out of 
 a call is restarted, a restarted engine receives the current weights before the call is
 retried, and each restart is counted (`faults/rollout_restarts`, `faults/reward_restarts`);
 a call is retried at most `MAX_RETRIES` times. A weight push has a deadline
-(`cluster.push_timeout_s`) per phase: an engine that misses it is killed, restarted (counted as
-above) and pushed to once more; a second miss, or a learner rank missing it, stops the run
-naming the engine or rank, the phase and the wait. A learner rank that dies stops the run with a
-message naming the last checkpoint (ZeRO state cannot be rebuilt from the other ranks). A step
+(`cluster.push_timeout_s`) per phase: with `object_store`, an engine that misses it is killed,
+restarted (counted as above) and pushed to once more; a second miss, a learner rank missing it,
+or any miss under `nccl`/`ipc` stops the run naming the engine or rank, the phase and the wait.
+A learner rank that dies stops the run with a message naming the last checkpoint (ZeRO state
+cannot be rebuilt from the other ranks). A step
 whose loss or gradient norm is not finite was skipped by the learner (no weight change); after
 `trainer.max_nonfinite_steps` such steps in a row the run stops. Not covered: a dead driver
 (resume from the checkpoint), the Ray head node dying.
@@ -114,7 +115,7 @@ class Health:
             self.transport.push(self.learner, self._raw_rollout, version=version)
             return
         except DeadlineMissed as e:
-            if e.who != "rollout engine":
+            if e.who != "rollout engine" or not self.transport.heals_engines:
                 raise RunStopped(self._deadline_message(e, "")) from e
             print(f"weight push of step {self.step}: {e}; restarting it, pushing again", flush=True)
             for i in e.late:

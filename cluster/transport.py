@@ -12,16 +12,23 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from core.pools import get_within
 from learner.ranks import LearnerRanks
 from rollout.pool import RolloutPool
 
 
 class WeightTransport(Protocol):
+    heals_engines: bool
+    """Whether an engine restarted after a missed push deadline can be pushed to again."""
+
     def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
-        """Make every engine hold the learner's current weights, tagged with `version`."""
+        """Make every engine hold the learner's current weights, tagged with `version`; raise
+        `DeadlineMissed` for actors that do not answer within `cluster.push_timeout_s`."""
 
 
 class ObjectStoreTransport:
+    heals_engines = True
+
     def __init__(self, dtype: str):
         self.dtype = dtype
 
@@ -34,11 +41,17 @@ class VllmTransferTransport:
     """`nccl` / `ipc`: vLLM's native weight transfer (GPU). The learner ranks stream their
     parameters (ZeRO-3: gathered one at a time) through vLLM's trainer engine; rank 0 sends and
     drives the engines' start / update / finish protocol. A thin layer: the transfer itself is
-    vLLM's tested code."""
+    vLLM's tested code. A push that misses `cluster.push_timeout_s` is not healed: the
+    transfer group was formed at start, and a restarted engine is not in it."""
 
-    def __init__(self, backend: str, learner: LearnerRanks, rollout: RolloutPool, tp: int):
+    heals_engines = False
+
+    def __init__(
+        self, backend: str, learner: LearnerRanks, rollout: RolloutPool, tp: int, timeout_s: float
+    ):
         import ray
 
+        self.timeout_s = timeout_s
         master = None
         if backend == "nccl":
             master = ray.get(learner.ranks[0].node_address.remote())
@@ -51,10 +64,10 @@ class VllmTransferTransport:
         )
 
     def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
-        import ray
-
-        ray.get([r.send_weights.remote() for r in learner.ranks])
-        ray.get([a.update_weight_version.remote(version) for a in rollout.actors])
+        sends = [r.send_weights.remote() for r in learner.ranks]
+        get_within(sends, self.timeout_s, "learner rank", "send")
+        updates = [a.update_weight_version.remote(version) for a in rollout.actors]
+        get_within(updates, self.timeout_s, "rollout engine", "version")
 
 
 def resolve_transport(cfg) -> str:
@@ -72,4 +85,5 @@ def make_transport(cfg, learner: LearnerRanks, rollout: RolloutPool) -> WeightTr
     name = resolve_transport(cfg)
     if name == "object_store":
         return ObjectStoreTransport(cfg.model.rollout_dtype)
-    return VllmTransferTransport(name, learner, rollout, cfg.cluster.rollout_tp)
+    c = cfg.cluster
+    return VllmTransferTransport(name, learner, rollout, c.rollout_tp, c.push_timeout_s)

@@ -122,8 +122,10 @@ class ClusterConfig:
     (DeepSpeed `offload_states`; needs learner.zero_stage >= 1)."""
     push_timeout_s: float = 300.0
     """Deadline (seconds) for each phase of a weight push (`object_store`: the learner's
-    export, each engine's load); always on. An engine that misses it is killed, restarted and
-    pushed to once more; a second miss, or a learner rank's, stops the run (exit 3, resumable)."""
+    export, each engine's load; `nccl`/`ipc`: the ranks' send, the engines' version update);
+    always on. With `object_store` an engine that misses it is killed, restarted and pushed to
+    once more; a second miss, a learner rank's, or any miss under `nccl`/`ipc` (a restarted
+    engine is outside the transfer group) stops the run (exit 3, resumable)."""
     verify_weights: bool = False
     """After every push, check that all engines hold identical weights (a checksum per engine;
     costs one pass over the weights; for tests and debugging)."""

@@ -67,6 +67,8 @@ class FakePool:
 class MissingTransport:
     """A push that misses the deadline (engines `late`, phase `phase`) `misses` times."""
 
+    heals_engines = True
+
     def __init__(self, misses: int, who="rollout engine", late=(0,), phase="load"):
         self.misses, self.who, self.late, self.phase = misses, who, list(late), phase
         self.pushes: list[int] = []
@@ -119,3 +121,13 @@ def test_a_learner_rank_that_misses_the_deadline_stops_the_run_at_once(monkeypat
     with pytest.raises(RunStopped, match="learner rank 1: no answer in phase `export`"):
         h.push(4)
     assert transport.pushes == [4] and h.restarts["rollout"] == 0 and pool.killed == []
+
+
+def test_an_engine_missing_a_vllm_transfer_push_stops_the_run_at_once(monkeypatch):
+    """`nccl` / `ipc`: a restarted engine would be outside the transfer group, so no restart."""
+    transport = MissingTransport(misses=1, late=[1], phase="version")
+    transport.heals_engines = False
+    h, pool = health_with(transport, monkeypatch)
+    with pytest.raises(RunStopped, match="rollout engine 1: no answer in phase `version`"):
+        h.push(4)
+    assert pool.killed == [] and transport.pushes == [4] and h.restarts["rollout"] == 0
