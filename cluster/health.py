@@ -8,9 +8,9 @@ a call is retried at most `MAX_RETRIES` times. A weight push has a deadline
 restarted (counted as above) and pushed to once more; a second miss, a learner rank missing it,
 or any miss under `nccl`/`ipc` stops the run naming the engine or rank, the phase and the wait.
 A learner rank that dies stops the run with a message naming the last checkpoint (ZeRO state
-cannot be rebuilt from the other ranks). A step
-whose loss or gradient norm is not finite was skipped by the learner (no weight change); after
-`trainer.max_nonfinite_steps` such steps in a row the run stops. Not covered: a dead driver
+cannot be rebuilt from the other ranks). A step whose loss or gradient norm is not finite was
+skipped by the learner (no weight change); after `trainer.max_nonfinite_steps` such steps in a
+row the run stops. Not covered: a dead driver
 (resume from the checkpoint), the Ray head node dying.
 """
 

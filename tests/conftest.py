@@ -104,16 +104,23 @@ def ray_cli() -> tuple[str, dict[str, str]]:
     return shutil.which("ray", path=str(bin_dir)) or "ray", env
 
 
-def run_cohort(args: list[str], timeout: int = 600, env: dict | None = None):
-    """Run the real `python -m cluster ...` entry point from the repository root."""
-    import subprocess
+def cohort_command(args: list[str], env: dict | None = None) -> tuple[list[str], dict]:
+    """The real `python -m cluster ...` entry point and its environment: the suite's, without
+    RAY_ADDRESS (each run starts its own local Ray), plus `env`."""
     import sys
 
     full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
+    return [sys.executable, "-m", "cluster", *args], full_env
+
+
+def run_cohort(args: list[str], timeout: int = 600, env: dict | None = None):
+    """Run `cohort_command(args, env)` from the repository root, output captured."""
+    import subprocess
+
+    command, full_env = cohort_command(args, env)
     return subprocess.run(
-        [sys.executable, "-m", "cluster", *args], cwd=REPO, env=full_env, timeout=timeout,
-        capture_output=True, text=True,
-    )  # fmt: skip
+        command, cwd=REPO, env=full_env, timeout=timeout, capture_output=True, text=True
+    )
 
 
 def scored(groups, rewards, valid=None):

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cohort_command
 
 STEPS = 10
 EVAL_EVERY = 5
@@ -68,9 +67,9 @@ def cohort(tiny_model: str, out: Path, *overrides: str) -> subprocess.CompletedP
         f"trainer.output_dir={out}",
         *overrides,
     ]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command, env = cohort_command(args)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster", *args],
+        command,
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
