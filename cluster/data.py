@@ -380,6 +380,18 @@ class PromptStream:
         self.epoch, self.index = state["epoch"], state["index"]
         self.order = self._order()
 
+    def upcoming(self) -> Iterator[Prompt]:
+        """The prompts `next_batch` would return, one at a time, without moving the stream
+        (`advance` moves it once the caller knows how many it used)."""
+        ahead = PromptStream(self.prompts, self.seed, self.shuffle)
+        ahead.epoch, ahead.index, ahead.order = self.epoch, self.index, self.order
+        while True:
+            yield ahead.next_batch(1)[0]
+
+    def advance(self, n: int) -> None:
+        """Move past `n` prompts."""
+        self.next_batch(n)
+
     def next_batch(self, n: int) -> list[Prompt]:
         batch = []
         while len(batch) < n:

@@ -95,6 +95,30 @@ class Health:
         self.rollout = _Restarting(rollout, "rollout", self, push)
         self.rewards = _Restarting(rewards, "reward", self)
         self._raw_rollout, self._raw_rewards = rollout, rewards
+        rollout.heal = self._heal_rollout  # a stream resends a dead engine's groups
+        self._heals = (0, 0)  # (step, engines healed in it)
+
+    def _heal_rollout(self) -> None:
+        """A rollout engine died during a stream: restart it and give it the current weights
+        (the other engines reload the same ones); at most `MAX_RETRIES` times per step."""
+        step, count = self._heals
+        count = count + 1 if step == self.step else 1
+        self._heals = (self.step, count)
+        if count > MAX_RETRIES:
+            raise RunStopped(
+                f"rollout engines died {count} times during step {self.step}; read their logs "
+                "(Ray's worker logs, session_latest/logs under Ray's temp folder), then "
+                "continue from the last checkpoint with trainer.resume=auto"
+            )
+        restarted = self._raw_rollout.restart_dead()
+        self.restarts["rollout"] += restarted
+        print(
+            f"rollout engine died during step {self.step}; restarted {restarted}, "
+            "sending its groups again",
+            flush=True,
+        )
+        if self.learner is not None:
+            self._push_current_weights()
 
     def _push_current_weights(self) -> None:
         self._push_healing(self.weights_version)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import time
 from contextlib import contextmanager
@@ -48,6 +49,8 @@ def rollout_metrics(groups: list[Group], scores: list[list[Any]], accuracy_fn: s
     out = {
         "rollout/completion_len": sum(lengths) / len(lengths),
         "rollout/completion_len_max": max(lengths),
+        "rollout/completion_len_min": min(lengths),
+        "rollout/completion_len_std": statistics.pstdev(lengths),
         "rollout/truncated_frac": sum(truncated) / len(truncated),
         "rollout/zero_std_frac": sum(zero_var) / len(zero_var),
         "rollout/tokens": sum(lengths),

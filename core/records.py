@@ -51,6 +51,46 @@ class Group:
 
 
 @dataclass
+class Sampling:
+    """How a stream of groups is sampled (shared by every group of the stream)."""
+
+    n: int
+    """Samples per group (G)."""
+    temperature: float
+    """0 means greedy."""
+    top_p: float
+    max_tokens: int
+
+
+@dataclass
+class GroupRequest:
+    """One prompt's group as the pool sends it to an engine."""
+
+    key: int
+    """Position of the prompt in its stream (what results are matched and aborted by)."""
+    prompt: Prompt
+    sampling: Sampling
+    seed: int | None
+    """Seed of the group's sampling generator (sample j uses seed + j); with a seed, the
+    group's samples are a function of the seed and the weights, whichever engine runs it and
+    whatever else it runs. None: the engine's global generator (greedy needs none)."""
+
+
+@dataclass
+class EngineReport:
+    """What one engine did in one `RolloutActor.run` call."""
+
+    finished: list[tuple[int, Group]]
+    """(key, group) of every group that finished, in the order they finished."""
+    busy_s: float
+    """Seconds spent stepping the engine."""
+    tokens: int
+    """Completion tokens of the finished groups."""
+    load: int
+    """Tokens still to come for the engine's unfinished groups (an upper bound)."""
+
+
+@dataclass
 class Score:
     """One sample's reward and how it was made."""
 

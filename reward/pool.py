@@ -92,7 +92,18 @@ class RewardPool:
     def score(self, groups: list[Group]) -> list[list[Score]]:
         """Scores of `groups[i].samples[j]` at `[i][j]`, the groups scored by the actors in
         parallel; failures logged, and the failure rate checked (see the module docstring)."""
-        scores = self._score(groups)
+        scores = self.score_only(groups)
+        self.account(groups, scores)
+        return scores
+
+    def score_only(self, groups: list[Group]) -> list[list[Score]]:
+        """`score` without the failures log and the failure-rate check: for a step scored in
+        parts as its groups finish, which then calls `account` once on the whole step."""
+        return self._score(groups)
+
+    def account(self, groups: list[Group], scores: list[list[Score]]) -> None:
+        """Log the failed calls of one scoring call (or one step scored in parts) and raise
+        `RewardFailureRateExceeded` if too many failed."""
         self.calls += 1
         if self.failures_log is not None:
             append_failures(self.failures_log, failure_records(groups, scores, self.calls))
@@ -105,7 +116,6 @@ class RewardPool:
         if error:
             where = self.failures_log or "no failures log: the pool was given no run_dir"
             raise RewardFailureRateExceeded(f"{error} Failures log: {where}")
-        return scores
 
     def _score(self, groups: list[Group]) -> list[list[Score]]:
         if not self.actors:

@@ -1,24 +1,32 @@
-"""The rollout actor: a Ray actor owning one in-process vLLM engine.
+"""The rollout actor: a Ray actor owning one in-process vLLM engine that takes groups one at a
+time (continuous batching).
 
-Guarantees: `generate` returns, per prompt, a `Group` of n samples with prompt and completion
-token ids, text, the log-probability of each sampled token under the sampling distribution
-(vLLM `processed_logprobs`: after temperature and top-p), the finish reason and the policy
-version that produced it. The learner divides its logits by the same temperature but does not
-apply top-p, so with top-p < 1 the two distributions differ on the tail (`train/mismatch_kl`
-shows how much; `algorithm.sampler_correction` corrects for it). After `load_weights` the
-prefix cache is cleared, so no KV computed with old weights is reused. On GPUs an engine spans
-`cluster.rollout_tp` devices (vLLM's tensor parallelism over Ray). Not covered: per-request
-seeds (they crash vLLM's CPU engine; the engine's global generator is seeded per call instead).
+Guarantees: `run` adds groups to the running engine and returns as soon as at least one group
+has all its n samples (or after `max_s`), so the pool can hand out more work or abort groups
+while others run. Each finished `Group` carries prompt and completion token ids, text, the
+log-probability of each sampled token under the sampling distribution (vLLM
+`processed_logprobs`: after temperature and top-p), the finish reason and the policy version
+that produced it. A group sent with a seed samples from its own generator (sample j from seed +
+j), so its samples depend on the seed and the weights only, not on the engine or on what else
+the engine runs. The learner divides its logits by the same temperature but does not apply
+top-p, so with top-p < 1 the two distributions differ on the tail (`train/mismatch_kl` shows
+how much; `algorithm.sampler_correction` corrects for it). After `load_weights` the prefix
+cache is cleared, so no KV computed with old weights is reused. On GPUs an engine spans
+`cluster.rollout_tp` devices (vLLM's tensor parallelism over Ray). On CPU the engine runs
+without chunked prefill: a prompt cut over two steps makes vLLM rewind a seeded generator,
+which the CPU generator cannot (`RuntimeError: CPU Generator does not use offset`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from core.config import Config, parse_cores
-from core.records import Group, Prompt, Sample
+from core.records import EngineReport, Group, GroupRequest, Sample
 
 
 def engine_env(cfg: Config, engine_index: int = 0) -> dict[str, str]:
@@ -41,6 +49,18 @@ def engine_env(cfg: Config, engine_index: int = 0) -> dict[str, str]:
     if bind != "auto":
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     return env
+
+
+@dataclass
+class _Running:
+    request: GroupRequest
+    steps: int = 0
+    """Engine steps since it was added: each gives every sequence at most one token."""
+
+    def tokens_left(self) -> int:
+        s = self.request.sampling
+        prefill = len(self.request.prompt.token_ids) if self.steps == 0 else 0
+        return prefill + s.n * max(0, s.max_tokens - self.steps)
 
 
 def _quiet_expected_reload_warnings() -> None:
@@ -99,6 +119,11 @@ class RolloutActor:
                 }
             if c.colocate:
                 gpu_options["enable_sleep_mode"] = True
+        else:  # seeded groups need whole-prompt prefills on CPU (module docstring)
+            gpu_options |= {
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(max_len, 4096),
+            }
         self.llm = LLM(
             model=model_path,
             dtype=cfg.model.rollout_dtype,
@@ -112,34 +137,54 @@ class RolloutActor:
         )
         self.version = 0
         self.hang_s = 0.0
+        self.running: dict[str, _Running] = {}
+        """The engine's unfinished groups by vLLM request id."""
+        self.request_ids = itertools.count()
 
-    def generate(
-        self,
-        prompts: list[Prompt],
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_tokens: int,
-        seed: int | None = None,
-    ) -> list[Group]:
-        """Sample n completions per prompt; temperature 0 means greedy. With `seed`, the
-        engine's sampling RNG is reset first, so a step's samples depend only on the seed and
-        the weights (what makes a resumed run repeat the uninterrupted one)."""
-        import torch
+    def run(
+        self, add: list[GroupRequest], abort: list[int] = (), max_s: float = 1.0
+    ) -> EngineReport:
+        """Drop the groups keyed `abort`, add `add`, then step the engine until a group finishes,
+        none is left, or `max_s` seconds passed (calls to an actor run one at a time, so this
+        is when the pool can send more work or aborts)."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
-        if seed is not None:
-            torch.manual_seed(seed)  # the engine runs in this process and samples from it
-
-        params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0
-        )
-        inputs = [{"prompt_token_ids": p.token_ids} for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [
-            Group(prompt=p, samples=[self._sample(c) for c in out.outputs])
-            for p, out in zip(prompts, outputs)
-        ]
+        engine = self.llm.llm_engine
+        dropped = [rid for rid, r in self.running.items() if r.request.key in set(abort)]
+        if dropped:
+            engine.abort_request(dropped)
+            for rid in dropped:
+                del self.running[rid]
+        for req in add:
+            s = req.sampling
+            params = SamplingParams(
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p if s.temperature > 0 else 1.0,
+                max_tokens=s.max_tokens,
+                logprobs=0,
+                seed=req.seed,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+            rid = f"{req.key}-{next(self.request_ids)}"
+            engine.add_request(rid, {"prompt_token_ids": req.prompt.token_ids}, params)
+            self.running[rid] = _Running(req)
+        finished, tokens = [], 0
+        t0 = time.perf_counter()
+        while self.running and not finished and time.perf_counter() - t0 < max_s:
+            outputs = engine.step()
+            for r in self.running.values():
+                r.steps += 1
+            for out in outputs:
+                if not out.finished or out.request_id not in self.running:
+                    continue
+                req = self.running.pop(out.request_id).request
+                samples = [self._sample(c) for c in sorted(out.outputs, key=lambda c: c.index)]
+                finished.append((req.key, Group(req.prompt, samples)))
+                tokens += sum(len(x.completion_token_ids) for x in samples)
+        load = sum(r.tokens_left() for r in self.running.values())
+        return EngineReport(finished, time.perf_counter() - t0, tokens, load)
 
     def _sample(self, c) -> Sample:
         ids = list(c.token_ids)
@@ -209,6 +254,8 @@ class RolloutActor:
         """The engine's log-probabilities (temperature 1) of a fixed completion."""
         from vllm import SamplingParams
 
+        if self.running:  # LLM.generate would step (and swallow) the running groups too
+            raise RuntimeError("sequence_logprobs called while groups are running; wait for them")
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         ids = prompt_ids + completion_ids
         out = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]

@@ -1,19 +1,24 @@
-"""All rollout engines as one object: split prompts across them, broadcast weights.
+"""All rollout engines as one object: stream groups through them, broadcast weights.
 
-Guarantees: `generate` returns groups in the order of the prompts given, whatever the number
-of engines; `load_weights` returns once every engine holds the new version, or raises
-`DeadlineMissed` naming the engines that did not within `cluster.push_timeout_s`. A dead engine
-is replaced by `restart_dead` (`cluster/health.py` decides when).
+Guarantees: `stream` hands each prompt's group to the engine with the fewest tokens in flight
+and yields groups as they finish (`rollout/stream.py`); `generate` returns groups in the order
+of the prompts given, whatever the number of engines; `load_weights` returns once every engine
+holds the new version, or raises `DeadlineMissed` naming the engines that did not within
+`cluster.push_timeout_s`. A dead engine is replaced by `restart_dead` (`cluster/health.py`
+decides when).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import ray
 
 from core.config import Config
-from core.pools import get_within, replace_dead, split_contiguous
-from core.records import Group, Prompt
+from core.pools import get_within, replace_dead
+from core.records import Group, Prompt, Sampling
 from rollout.actor import RolloutActor, engine_env
+from rollout.stream import GroupStream, group_seed
 
 
 class RolloutPool:
@@ -31,6 +36,9 @@ class RolloutPool:
         self.cfg, self.model_path, self.run_id = cfg, model_path, run_id
         self.weight_transport = weight_transport
         self.placement = placement
+        self.heal: Callable[[], None] | None = None
+        """Set by `cluster/health.py`: restarts dead engines and gives them the current
+        weights, so a stream can resend a dead engine's groups; None: a dead engine raises."""
         self.actors = [self._start(i) for i in range(cfg.cluster.rollout_engines)]
         ray.get([a.__ray_ready__.remote() for a in self.actors])
 
@@ -56,6 +64,20 @@ class RolloutPool:
         caller pushes the current ones); returns how many were restarted."""
         return replace_dead(self.actors, self._start, lambda a: a.__ray_ready__.remote())
 
+    def stream(
+        self,
+        prompts: Iterable[Prompt],
+        sampling: Sampling,
+        seed_of: Callable[[int], int | None] = lambda key: None,
+        max_in_flight: int = 0,
+    ) -> GroupStream:
+        """Generate a group for each prompt as the engines have room, yielding `(key, group)`
+        (key = the prompt's position in `prompts`) as each group finishes. `prompts` is read
+        lazily, at most `max_in_flight` groups are running at a time (0: no limit), and each
+        goes to the engine with the fewest tokens in flight; `seed_of(key)` seeds the group.
+        Closing the stream early aborts what is still running."""
+        return GroupStream(self, iter(prompts), sampling, seed_of, max_in_flight)
+
     def generate(
         self,
         prompts: list[Prompt],
@@ -65,27 +87,27 @@ class RolloutPool:
         seed: int | None = None,
         top_p: float | None = None,
     ) -> list[Group]:
-        """Sample n completions for each prompt (temperature 0: greedy), engines in parallel;
-        `seed` makes the samples a function of the seed and the weights. Defaults: the
-        `rollout` section's temperature, top-p and max_new_tokens."""
+        """Sample n completions for each prompt (temperature 0: greedy), in prompt order; with
+        `seed`, prompt i's group is seeded from (seed, i). Defaults: the `rollout` section's
+        temperature, top-p and max_new_tokens."""
+        sampling = self.sampling(n, temperature, max_tokens, top_p)
+        seed_of = (lambda key: None) if seed is None else (lambda key: group_seed(seed, key))
+        groups = dict(self.stream(prompts, sampling, seed_of))
+        return [groups[i] for i in range(len(prompts))]
+
+    def sampling(
+        self,
+        n: int,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
+    ) -> Sampling:
+        """`Sampling` with the `rollout` section's values where an argument is None."""
         r = self.cfg.rollout
         temperature = r.temperature if temperature is None else temperature
         top_p = r.top_p if top_p is None else top_p
         max_tokens = max_tokens or r.max_new_tokens
-        chunks = split_contiguous(prompts, len(self.actors))
-        futures = [
-            a.generate.remote(
-                chunk,
-                n,
-                temperature,
-                top_p if temperature > 0 else 1.0,
-                max_tokens,
-                None if seed is None else seed + 7919 * i,
-            )
-            for i, (a, chunk) in enumerate(zip(self.actors, chunks))
-            if chunk
-        ]
-        return [g for part in ray.get(futures) for g in part]
+        return Sampling(n, temperature, top_p if temperature > 0 else 1.0, max_tokens)
 
     def load_weights(self, refs: list, version: int) -> None:
         futures = [a.load_weights.remote(refs, version) for a in self.actors]

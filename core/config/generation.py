@@ -26,6 +26,10 @@ class RolloutConfig:
     """Nucleus sampling mass (1.0 = off; below 1 the learner's ratio is only approximate)."""
     eval_max_new_tokens: int = 64
     """Longest completion at evaluation (greedy)."""
+    max_groups_in_flight: int = 0
+    """Groups generating at once across the engines; each finished group makes room for the
+    next prompt, sent to the engine with the fewest tokens in flight. 0 = prompts_per_step
+    (a step's prompts all start at once)."""
     kv_cache_gib: float = 1.0
     """KV cache per engine in GiB (CPU engines; sets VLLM_CPU_KVCACHE_SPACE)."""
     gpu_memory_utilization: float = 0.5
@@ -57,6 +61,12 @@ class RolloutConfig:
             "must be > 0 for training",
         )
         require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
+        require(
+            self.max_groups_in_flight >= 0,
+            "rollout.max_groups_in_flight",
+            self.max_groups_in_flight,
+            "must be >= 0 (0 = prompts_per_step)",
+        )
 
 
 @dataclass

@@ -154,10 +154,12 @@ class AlgorithmConfig:
     """Lower threshold of `sequence_mask`."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose reward scores (before the overlong penalty) are
-    all equal and generate more prompts until prompts_per_step groups have a spread (or
-    max_generation_rounds is reached, when the batch is filled with the dropped groups)."""
+    all equal and keep sending prompts until, in prompt order, prompts_per_step groups have a
+    spread (then what still runs is aborted); when the prompt budget runs out first, the batch
+    is filled with the dropped groups."""
     max_generation_rounds: int = 3
-    """Generation rounds per step at most, with dynamic_sampling."""
+    """The prompt budget of a step with dynamic_sampling: at most max_generation_rounds *
+    prompts_per_step prompts (veRL's max_num_gen_batches)."""
     overlong_buffer: int = 0
     """DAPO soft overlong punishment: the last this-many tokens before rollout.max_new_tokens
     cost up to overlong_factor reward, linearly (0 = off)."""

@@ -109,8 +109,12 @@ class Run:
 
     @property
     def exact_rows(self) -> list[dict]:
-        """The metrics rows without wall-clock times: what a resumed run reproduces exactly."""
-        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in self.rows]
+        """The metrics rows without wall-clock times and the engines' share of the work (which
+        engine ran which group depends on timing): what a resumed run reproduces exactly."""
+        return [
+            {k: v for k, v in r.items() if not k.startswith(("time/", "engine/"))}
+            for r in self.rows
+        ]
 
     def weights(self) -> dict:
         return load_file(self.dir / "policy" / "model.safetensors")

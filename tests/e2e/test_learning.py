@@ -113,12 +113,14 @@ def test_each_algorithm_preset_learns(request, tiny_model, tmp_path, preset):
         kl = [r["train/kl"] for r in train_rows]
         assert kl[0] < 1e-6 and min(kl[1:]) > 1e-3 and kl[-1] > 0.1, f"KL per step: {kl}"
     if algorithm.get("dynamic_sampling"):
-        # An unsolvable prompt's group is dropped and replaced by a new prompt's: steps that
-        # drew one needed a second round, and no batch trained on a group without spread.
-        rounds = [r["rollout/generation_rounds"] for r in train_rows]
-        assert max(rounds) >= 2, f"generation rounds per step: {rounds}"
+        # An unsolvable prompt's group is dropped and replaced by a later prompt's: steps
+        # that drew one used more than prompts_per_step prompts, and no batch trained on a
+        # group without spread.
+        wanted = used["prompts_per_step"]
+        sampled = [r["rollout/groups_sampled"] for r in train_rows]
+        assert max(sampled) > wanted, f"groups sampled per step: {sampled}"
         for r in train_rows:
-            assert r["rollout/generation_rounds"] == 1 or r["rollout/informative_frac"] < 1, r
+            assert r["rollout/groups_sampled"] == wanted or r["rollout/informative_frac"] < 1, r
             assert r["rollout/kept_uninformative"] == 0, r
 
 

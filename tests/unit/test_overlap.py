@@ -12,21 +12,38 @@ from cluster.overlap import PENDING, BatchSource, batch_from_dict
 from core.config import load_config
 from core.records import Group, Prompt, Sample
 from reward.scoring import Score
+from tests.unit.fake_pools import FakeRewardsBase, FakeStreamRollout
 
 
-class FakeEngines:
+class FakeEngines(FakeStreamRollout):
     """Generates with the current `version`; records ("generate", step seed, version)."""
 
     def __init__(self, events: list):
+        super().__init__(self._group)
         self.events, self.version = events, 0
         self.busy = threading.Lock()
 
-    def generate(self, prompts, n, seed):
-        with self.busy:
-            time.sleep(0.05)
-            self.events.append(("generate", seed, self.version))
-            sample = Sample([1, 2], "12", [-0.1, -0.2], "stop", self.version)
-            return [Group(p, [sample] * n) for p in prompts]
+    def _group(self, prompt, n, seed):
+        time.sleep(0.01)
+        return Group(prompt, [Sample([1, 2], "12", [-0.1, -0.2], "stop", self.version)] * n)
+
+    def stream(self, prompts, sampling, seed_of=lambda key: None, max_in_flight=0):
+        stream = super().stream(prompts, sampling, seed_of, max_in_flight)
+        engines = self
+
+        class Busy:  # the engines are busy from the first group to the last
+            def __iter__(self):
+                with engines.busy:
+                    engines.events.append(("generate", seed_of(0), engines.version))
+                    yield from stream
+
+            def close(self):
+                stream.close()
+
+            def metrics(self):
+                return stream.metrics()
+
+        return Busy()
 
     def push(self, version):
         assert not self.busy.locked(), "weights changed while a batch was being generated"
@@ -34,8 +51,8 @@ class FakeEngines:
         self.events.append(("push", version))
 
 
-class FakeRewards:
-    def score(self, groups):
+class FakeRewards(FakeRewardsBase):
+    def score_only(self, groups):
         return [[Score(float(i % 2), {"f": float(i % 2)}) for i, _ in enumerate(g.samples)]
                 for g in groups]  # fmt: skip
 
@@ -104,7 +121,7 @@ def test_batch_from_dict_keeps_nan_components():
     failed = Score(0.0, {"f": math.nan}, failed=True, excluded=True, errors={"f": "E"},
                    kinds={"f": "exception"})  # fmt: skip
     scored = ScoredGroup(group, [failed], [0.0], [False], [0.0])
-    batch = TrainingBatch([scored], [scored], {"rollout/generation_rounds": 1.0})
+    batch = TrainingBatch([scored], [scored], {"rollout/groups_sampled": 1.0})
     back = batch_from_dict(json.loads(json.dumps(dataclasses.asdict(batch))))
     assert back.groups == batch.groups
     assert [(sg.rewards, sg.valid, sg.penalties) for sg in back.scored] == [([0.0], [False], [0.0])]

@@ -1,5 +1,10 @@
-"""`sample_batch`: generation rounds of DAPO dynamic sampling, with stand-in pools (the real
-pools are exercised by the end-to-end tests)."""
+"""`sample_batch`: one stream of groups per step, scored as they finish, and DAPO dynamic
+sampling on the stream, with stand-in pools that finish groups newest first (the real pools are
+exercised by tests/integration/test_stream.py and the end-to-end tests)."""
+
+import threading
+
+import pytest
 
 from cluster.data import PromptStream
 from cluster.metrics import PhaseTimer
@@ -7,27 +12,25 @@ from cluster.training_batch import sample_batch
 from core.config import load_config
 from core.records import Group, Prompt, Sample
 from reward.scoring import Score
+from rollout.stream import group_seed
+from tests.unit.fake_pools import FakeRewardsBase, FakeStreamRollout
 
 
-class FakeRollout:
-    """Each prompt's group: G completions of 3 tokens ('stop') or 16 ('length')."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def generate(self, prompts, n, seed=None):
-        self.calls += 1
-        return [
-            Group(p, [Sample([1] * (16 if j == 0 else 3), p.id, [0.0], "stop" if j else "length",
-                             0) for j in range(n)])
-            for p in prompts
-        ]  # fmt: skip
+def make_group(prompt, n, seed):
+    """G completions of 3 tokens ('stop') or, sample 0, 16 ('length'); the seed in the text."""
+    return Group(prompt, [Sample([1] * (16 if j == 0 else 3), str(seed), [0.0],
+                                 "stop" if j else "length", 0) for j in range(n)])  # fmt: skip
 
 
-class FakeRewards:
+class FakeRewards(FakeRewardsBase):
     """Prompts whose id ends in an even digit: all samples score 1 (no spread); odd: 0, 1, ..."""
 
-    def score(self, groups):
+    def __init__(self):
+        super().__init__()
+        self.scored: list[str] = []
+
+    def score_only(self, groups):
+        self.scored += [g.prompt.id for g in groups]
         return [
             [Score(1.0 if int(g.prompt.id[-1]) % 2 == 0 else float(j % 2), {})
              for j, _ in enumerate(g.samples)]
@@ -39,36 +42,86 @@ def setup(*overrides):
     cfg = load_config("configs/smoke.yaml", ["rollout.prompts_per_step=4", "rollout.group_size=4",
                                              "learner.micro_batch_size=4", *overrides])  # fmt: skip
     prompts = [Prompt(f"train:{i}", "q", [1]) for i in range(10)]
-    return cfg, PromptStream(prompts, seed=0), FakeRollout()
+    return cfg, PromptStream(prompts, seed=0, shuffle=False), FakeStreamRollout(make_group)
 
 
-def test_without_dynamic_sampling_one_round_keeps_everything():
+def ids(groups):
+    return [g.prompt.id for g in groups]
+
+
+def test_without_dynamic_sampling_one_stream_keeps_everything_in_prompt_order():
     cfg, stream, rollout = setup()
-    batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
-    assert rollout.calls == 1 and len(batch.groups) == 4
-    assert batch.metrics["rollout/generation_rounds"] == 1.0
+    rewards = FakeRewards()
+    batch = sample_batch(cfg, stream, rollout, rewards, PhaseTimer(), step=3)
+    assert len(rollout.streams) == 1 and ids(batch.groups) == [f"train:{i}" for i in range(4)]
+    assert batch.metrics["rollout/groups_sampled"] == 4
+    assert stream.next_batch(1)[0].id == "train:4"  # the stream moved by what was used
+    assert rewards.accounted == [batch.generated_groups]  # failure rate checked once per step
+    # group k of step 3 is seeded from (trainer.seed, 3, k), whatever order it finished in
+    step_seed = cfg.trainer.seed * 1_000_003 + 3
+    assert [g.samples[0].text for g in batch.groups] == [
+        str(group_seed(step_seed, k)) for k in range(4)
+    ]
 
 
 def test_dynamic_sampling_generates_until_enough_groups_have_spread():
     cfg, stream, rollout = setup("algorithm.dynamic_sampling=true",
                                  "algorithm.max_generation_rounds=5")  # fmt: skip
     batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
-    odd = [g for g in batch.generated_groups if int(g.prompt.id[-1]) % 2]
-    # half the prompts are informative, so 4 informative groups need at least 2 rounds
-    assert rollout.calls == batch.metrics["rollout/generation_rounds"] >= 2
-    assert len(odd) >= 4 and len(batch.groups) == 4
-    assert all(int(g.prompt.id[-1]) % 2 for g in batch.groups)  # only informative groups kept
+    # prompts 1, 3, 5, 7 are the first four informative ones: 0..7 were needed, 8.. were not
+    assert ids(batch.groups) == ["train:1", "train:3", "train:5", "train:7"]
+    assert ids(batch.generated_groups) == [f"train:{i}" for i in range(8)]
+    assert batch.metrics["rollout/groups_sampled"] == 8
+    assert batch.metrics["rollout/informative_frac"] == 0.5
     assert batch.metrics["rollout/kept_uninformative"] == 0
-    assert len(batch.scored) == 4
+    assert stream.next_batch(1)[0].id == "train:8"
 
 
-def test_dynamic_sampling_fills_the_batch_after_the_last_round():
+@pytest.mark.parametrize("in_flight", [1, 3, 20])
+def test_dynamic_sampling_batch_does_not_depend_on_how_many_groups_run_at_once(in_flight):
+    """Groups finish in a different order with each window, yet the same prompts are used and
+    the same groups kept; what ran past the cut is aborted or dropped, and counted."""
+    cfg, stream, rollout = setup("algorithm.dynamic_sampling=true",
+                                 "algorithm.max_generation_rounds=5",
+                                 f"rollout.max_groups_in_flight={in_flight}")  # fmt: skip
+    batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
+    assert ids(batch.groups) == ["train:1", "train:3", "train:5", "train:7"]
+    assert ids(batch.generated_groups) == [f"train:{i}" for i in range(8)]
+    sent = rollout.streams[0].sent
+    assert sent >= 8 and batch.metrics["engine/groups_aborted"] == sent - 8
+    assert stream.next_batch(1)[0].id == "train:8"
+
+
+def test_dynamic_sampling_fills_the_batch_when_the_prompt_budget_is_spent():
     cfg, stream, rollout = setup("algorithm.dynamic_sampling=true",
                                  "algorithm.max_generation_rounds=1")  # fmt: skip
     batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
-    informative = sum(int(g.prompt.id[-1]) % 2 for g in batch.groups)
-    assert rollout.calls == 1 and len(batch.groups) == 4
-    assert batch.metrics["rollout/kept_uninformative"] == 4 - informative
+    assert rollout.streams[0].sent == 4 and len(batch.groups) == 4
+    assert ids(batch.groups) == ["train:0", "train:1", "train:2", "train:3"]
+    assert batch.metrics["rollout/kept_uninformative"] == 2
+
+
+def test_groups_are_scored_while_others_still_generate():
+    """The last group is not generated until the reward pool has scored an earlier one."""
+    cfg, stream, _ = setup()
+    rewards = FakeRewards()
+    first_scored = threading.Event()
+    original = rewards.score_only
+
+    def score_only(groups):
+        out = original(groups)
+        first_scored.set()
+        return out
+
+    rewards.score_only = score_only
+
+    def slow_last(prompt, n, seed):
+        if prompt.id == "train:0":  # finishes last (newest first)
+            assert first_scored.wait(10), "no group reached the reward pool during generation"
+        return make_group(prompt, n, seed)
+
+    batch = sample_batch(cfg, stream, FakeStreamRollout(slow_last), rewards, PhaseTimer())
+    assert len(batch.groups) == 4 and sorted(rewards.scored) == ids(batch.groups)
 
 
 def test_overlong_penalty_reaches_the_learner_rewards_not_the_scores():

@@ -1,0 +1,97 @@
+"""The stream of groups on real vLLM engines (two, on a tiny Llama, shared by the module):
+dispatch by tokens in flight, groups out as they finish, aborts, and samples that depend only
+on each group's seed and the weights, not on which engine ran the group or what ran beside it
+(what keeps a resumed run bitwise equal to an uninterrupted one under dynamic dispatch)."""
+
+import pytest
+import ray
+
+from core.config import load_config
+from core.records import Prompt
+from rollout.pool import RolloutPool
+from rollout.stream import group_seed
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def engines(ray_local, tiny_model):
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [f"model.path={tiny_model}", "cluster.rollout_engines=2", "cluster.rollout_cpus=0.5"],
+    )
+    pool = RolloutPool(cfg, tiny_model, "stream")
+    yield pool
+    pool.shutdown()
+
+
+def prompts(n: int, long_first: bool = False) -> list[Prompt]:
+    """Short arithmetic-like prompts over the tiny model's character vocabulary; the first one
+    60 tokens long with `long_first`."""
+    out = [Prompt(f"p:{i}", "", [3 + (i * 7 + j) % 40 for j in range(6)]) for i in range(n)]
+    if long_first:
+        out[0] = Prompt("p:long", "", [3 + j % 40 for j in range(60)])
+    return out
+
+
+def samples_of(groups) -> list:
+    """Everything a sample carries that the learner uses: tokens, log-probs, finish reason."""
+    return [
+        [(s.completion_token_ids, s.logprobs, s.finish_reason) for s in g.samples] for g in groups
+    ]
+
+
+def test_a_long_request_sends_the_next_ones_to_the_other_engine(engines):
+    """Cost of a group = prompt tokens + n * max_tokens: 60 + 2 * 16 = 92 for the long one,
+    6 + 32 = 38 for the others, so engine 1 takes groups until it holds more than engine 0.
+    A dispatch by count would alternate."""
+    stream = engines.stream(prompts(5, long_first=True), engines.sampling(2), max_in_flight=0)
+    list(stream)
+    assert stream.engine_of == {0: 0, 1: 1, 2: 1, 3: 1, 4: 0}
+
+
+def test_groups_come_out_while_others_still_run(engines):
+    stream = engines.stream(prompts(16), engines.sampling(4, max_tokens=16))
+    in_flight_at_each_yield = [len(stream.owner) for _ in stream]
+    assert len(in_flight_at_each_yield) == 16
+    assert in_flight_at_each_yield[0] > 0, "the first group came out only after the last"
+    m = stream.metrics()
+    assert m["engine/0/tokens"] > 0 and m["engine/1/tokens"] > 0
+    assert 0 < m["engine/0/busy_frac"] <= 1 and m["engine/groups_aborted"] == 0
+
+
+def test_samples_depend_on_the_seed_not_on_the_dispatch(engines):
+    """The same seeded groups, all at once over two engines, one at a time, and in reverse
+    order: equal tokens and log-probabilities, bit for bit."""
+    ps = prompts(8)
+    sampling = engines.sampling(4, temperature=1.0, max_tokens=16)
+
+    def run(order, max_in_flight):
+        stream = engines.stream(
+            [ps[i] for i in order], sampling, lambda k: group_seed(5, order[k]), max_in_flight
+        )
+        by_prompt = {order[k]: g for k, g in stream}
+        return [by_prompt[i] for i in range(len(ps))], stream.engine_of
+
+    together, where = run(list(range(8)), 0)
+    alone, _ = run(list(range(8)), 1)
+    backwards, where_back = run(list(range(7, -1, -1)), 0)
+    assert samples_of(together) == samples_of(alone) == samples_of(backwards)
+    assert {where[i] for i in range(8)} == {0, 1}  # both engines took part
+    assert any(where[i] != where_back[7 - i] for i in range(8)), "same placement both times"
+    different = run(list(range(8)), 0)[0]
+    assert samples_of(different) == samples_of(together)
+    other_seed = engines.stream(ps, sampling, lambda k: group_seed(6, k))
+    assert samples_of([g for _, g in sorted(other_seed)]) != samples_of(together)
+
+
+def test_closing_a_stream_aborts_what_runs_and_leaves_the_engines_idle(engines):
+    sampling = engines.sampling(4, max_tokens=16)
+    stream = engines.stream(prompts(12), sampling, max_in_flight=8)
+    first = next(iter(stream))
+    stream.close()
+    assert first[1].samples and stream.metrics()["engine/groups_aborted"] > 0
+    held = ray.get([a.run.remote([], [], 0.0) for a in engines.actors])
+    assert [r.load for r in held] == [0, 0]  # nothing left in either engine
+    # and the engines serve the next stream completely
+    assert len(engines.generate(prompts(4), n=2, seed=1)) == 4
