@@ -23,7 +23,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, cohort_command
+from tests.conftest import REPO, TIMING_KEYS, cohort_command
 
 STEPS = 10
 EVAL_EVERY = 5
@@ -109,12 +109,9 @@ class Run:
 
     @property
     def exact_rows(self) -> list[dict]:
-        """The metrics rows without wall-clock times and the engines' share of the work (which
-        engine ran which group depends on timing): what a resumed run reproduces exactly."""
-        return [
-            {k: v for k, v in r.items() if not k.startswith(("time/", "engine/"))}
-            for r in self.rows
-        ]
+        """The metrics rows without the timing-dependent keys: what a resumed run reproduces
+        exactly."""
+        return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in self.rows]
 
     def weights(self) -> dict:
         return load_file(self.dir / "policy" / "model.safetensors")
