@@ -1,9 +1,12 @@
 """Generation on a long-tail workload: today's stream of groups against a static split.
 
-Workload: the demo model (SmolLM2-135M-Instruct, bf16 engines), 2 engines on one core each,
-P prompts x G samples per step, up to 256 new tokens. The prompts mix questions answered in a
-few tokens ("Reply with only the number") with requests for a long explanation, which mostly
-run to the limit, shuffled per step with a fixed seed: a long tail, as in reasoning runs.
+Workload: 2 engines on one core each, P prompts x G samples per step, up to 256 new tokens.
+With the demo model (SmolLM2-135M-Instruct, bf16 engines) the prompts mix questions answered
+in a few tokens ("Reply with only the number") with requests for a long explanation, which
+mostly run to the limit, shuffled per step with a fixed seed: a long tail, as in reasoning
+runs. With `--model tiny` (the random 2-layer Llama, for CPUs without AVX-512, where the demo
+model generates about 15 tokens/s per core) every sample ends at a random token, so lengths
+are roughly geometric: most short, a few at the limit.
 
 Three ways to generate and score the same groups, with the same seeds (so the same tokens):
 - `static`: the step's prompts cut into one contiguous share per engine, all sent at once, and
@@ -13,7 +16,7 @@ Three ways to generate and score the same groups, with the same seeds (so the sa
 - `stream, P/2 in flight`: the same with `rollout.max_groups_in_flight = P/2`, so later groups
   go to whichever engine frees up first.
 
-    python benchmarks/stream.py [--steps 3] [--prompts 8] [--group-size 4]
+    python benchmarks/stream.py [--model demo|tiny] [--steps 2] [--prompts 8] [--group-size 4]
 
 Prints, per variant, the mean over steps of the generate and reward seconds, the reward time
 left exposed after generation, and each engine's busy fraction, then the ratios to `static`,
@@ -116,16 +119,23 @@ def streamed(cfg, pool, rewards, prompts, step: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--model",
+        choices=["demo", "tiny"],
+        default="demo",
+        help="demo: the demo's SmolLM2 (bf16 engines); tiny: the 2-layer random Llama (float32), "
+        "whose completions end at a random token, so lengths run from 1 to the limit",
+    )
     args = parser.parse_args()
 
     import ray
     from transformers import AutoTokenizer
 
-    from cluster.models import resolve_model
+    from cluster.models import TINY_LLAMA, resolve_model
     from core.config import load_config
     from reward.pool import RewardPool
     from rollout.pool import RolloutPool
@@ -138,6 +148,8 @@ def main() -> None:
         "cluster.rollout_engines=2",
         "cluster.rollout_cpus=0.5",
     ]
+    if args.model == "tiny":
+        overrides += [f"model.path={TINY_LLAMA}", "model.rollout_dtype=float32"]
     cfg = load_config("configs/demo.yaml", overrides)
     in_flight = f"rollout.max_groups_in_flight={args.prompts // 2}"
     half = load_config("configs/demo.yaml", [*overrides, in_flight])
@@ -149,7 +161,7 @@ def main() -> None:
     rewards = RewardPool(cfg.reward, base_dir=REPO, num_cpus=0.25, run_id="bench-stream")
     cores = os.cpu_count()
     print(
-        f"{cores} cores; 2 engines; P={args.prompts} G={args.group_size} "
+        f"{cores} cores; model {args.model}; 2 engines; P={args.prompts} G={args.group_size} "
         f"max_new_tokens={args.max_new_tokens}",
         flush=True,
     )
@@ -159,8 +171,8 @@ def main() -> None:
         "stream": lambda p, s: streamed(cfg, pool, rewards, p, s),
         "stream, P/2 in flight": lambda p, s: streamed(half, pool, rewards, p, s),
     }
-    # warm-up: one step of each, not counted (first calls compile and fill caches)
-    warm = workload_prompts(tokenizer, -1, args.prompts)
+    # warm-up: a small step of each, not counted (first calls compile and fill caches)
+    warm = workload_prompts(tokenizer, -1, 2)
     for run in variants.values():
         run(warm, -1)
     results = {name: [] for name in variants}

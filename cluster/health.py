@@ -4,9 +4,10 @@ Guaranteed: a rollout engine or reward actor that dies (killed, crashed, out of 
 a call is restarted, a restarted engine receives the current weights before the call is
 retried, and each restart is counted (`faults/rollout_restarts`, `faults/reward_restarts`);
 a call is retried at most `MAX_RETRIES` times. A weight push has a deadline
-(`cluster.push_timeout_s`) per phase: with `object_store`, an engine that misses it is killed,
-restarted (counted as above) and pushed to once more; a second miss, a learner rank missing it,
-or any miss under `nccl`/`ipc` stops the run naming the engine or rank, the phase and the wait.
+(`cluster.push_timeout_s`) per phase: an engine that misses it or dies in it is killed,
+restarted (counted as above; a transport with a transfer group forms it again) and pushed to
+once more; a second failure or a learner rank's stops the run naming the engine or rank, the
+phase and the wait.
 A learner rank that dies stops the run with a message naming the last checkpoint (ZeRO state
 cannot be rebuilt from the other ranks). A step whose loss or gradient norm is not finite was
 skipped by the learner (no weight change); after `trainer.max_nonfinite_steps` such steps in a
@@ -26,7 +27,7 @@ from ray.exceptions import RayActorError
 
 from core import faults
 from core.config import Config
-from core.errors import DeadlineMissed, RunStopped
+from core.errors import ActorFault, DeadlineMissed, RunStopped
 from core.records import ScoredGroup
 
 MAX_RETRIES = 2
@@ -91,8 +92,8 @@ class Health:
         self.restarts = {"rollout": 0, "reward": 0}
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
-        push = self._push_current_weights if learner is not None else None
-        self.rollout = _Restarting(rollout, "rollout", self, push)
+        resync = self._resync_restarted if learner is not None else None
+        self.rollout = _Restarting(rollout, "rollout", self, resync)
         self.rewards = _Restarting(rewards, "reward", self)
         self._raw_rollout, self._raw_rewards = rollout, rewards
         rollout.heal = self._heal_rollout  # a stream resends a dead engine's groups
@@ -110,15 +111,20 @@ class Health:
                 "(Ray's worker logs, session_latest/logs under Ray's temp folder), then "
                 "continue from the last checkpoint with trainer.resume=auto"
             )
-        restarted = self._raw_rollout.restart_dead()
-        self.restarts["rollout"] += restarted
+        before = self.restarts["rollout"]
+        self._restart_engines()
         print(
-            f"rollout engine died during step {self.step}; restarted {restarted}, "
-            "sending its groups again",
+            f"rollout engine died during step {self.step}; restarted "
+            f"{self.restarts['rollout'] - before}, sending its groups again",
             flush=True,
         )
         if self.learner is not None:
             self._push_current_weights()
+
+    def _resync_restarted(self) -> None:
+        """After `_Restarting` replaced dead engines: re-form the transfer group, push."""
+        self.transport.rejoin(self.learner, self._raw_rollout)
+        self._push_current_weights()
 
     def _push_current_weights(self) -> None:
         self._push_healing(self.weights_version)
@@ -133,28 +139,36 @@ class Health:
         self.weights_version = version
 
     def _push_healing(self, version: int) -> None:
-        """Push; engines that miss the push deadline are killed, restarted and pushed to again,
-        once. A second miss, or a learner rank's, stops the run."""
+        """Push; engines that miss the push deadline or die in it are killed, restarted (the
+        transport re-forms its transfer group) and pushed to again, once. A second failure,
+        or a learner rank's, stops the run."""
         try:
             self.transport.push(self.learner, self._raw_rollout, version=version)
             return
-        except DeadlineMissed as e:
-            if e.who != "rollout engine" or not self.transport.heals_engines:
-                raise RunStopped(self._deadline_message(e, "")) from e
+        except ActorFault as e:
+            if e.who != "rollout engine":
+                raise RunStopped(self._push_fault_message(e, "")) from e
             print(f"weight push of step {self.step}: {e}; restarting it, pushing again", flush=True)
             for i in e.late:
                 ray.kill(self._raw_rollout.actors[i])
-        self.restarts["rollout"] += self._raw_rollout.restart_dead()
         try:
+            self._restart_engines()
             self.transport.push(self.learner, self._raw_rollout, version=version)
-        except DeadlineMissed as e:
-            raise RunStopped(self._deadline_message(e, " again, after a restart")) from e
+        except ActorFault as e:
+            raise RunStopped(self._push_fault_message(e, " again, after a restart")) from e
 
-    def _deadline_message(self, e: DeadlineMissed, again: str) -> str:
+    def _restart_engines(self) -> None:
+        """Replace the dead engines; a transport with a transfer group forms it anew."""
+        self.restarts["rollout"] += self._raw_rollout.restart_dead()
+        if self.transport is not None:
+            self.transport.rejoin(self.learner, self._raw_rollout)
+
+    def _push_fault_message(self, e: ActorFault, again: str) -> str:
         limit = self.cfg.cluster.push_timeout_s
         names = ", ".join(f"{e.who} {i}" for i in e.late)
+        what = "missed its deadline" if isinstance(e, DeadlineMissed) else "failed"
         return (
-            f"the weight push of step {self.step} missed its deadline{again}: {e} "
+            f"the weight push of step {self.step} {what}{again}: {e} "
             f"(cluster.push_timeout_s={limit:g}). If pushes of this model are that slow, raise "
             f"cluster.push_timeout_s; otherwise read the log of {names} (Ray's worker logs, "
             "session_latest/logs under Ray's temp folder). Continue from the last checkpoint "

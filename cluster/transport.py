@@ -4,8 +4,11 @@ One `WeightTransport` interface; the driver calls `push(learner, rollout, versio
 optimizer step and never sees the mechanism. `object_store` works on any topology: learner rank
 0 puts the full weights in Ray's object store in buckets (ZeRO-3 parameters gathered one at a
 time), and each engine pulls the buckets one by one into vLLM's in-place reload, so the driver
-never holds a copy. `nccl` and `ipc` hand the transfer to vLLM's own weight-transfer engines
-(`VllmTransferTransport`); they need GPUs and have not been run on CPU-only machines.
+never holds a copy. `nccl`, `ipc` and `gloo` hand the transfer to a weight-transfer engine in
+vLLM's factory (`VllmTransferTransport`): vLLM's own for `nccl` and `ipc` (GPUs), Cohort's for
+`gloo` (`core/gloo_transfer.py`, CPU), which runs the same protocol through the same code here,
+in the learner and in the engines, so CPU tests cover what a GPU cluster runs apart from the
+copy itself.
 """
 
 from __future__ import annotations
@@ -18,17 +21,16 @@ from rollout.pool import RolloutPool
 
 
 class WeightTransport(Protocol):
-    heals_engines: bool
-    """Whether an engine restarted after a missed push deadline can be pushed to again."""
-
     def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
         """Make every engine hold the learner's current weights, tagged with `version`; raise
-        `DeadlineMissed` for actors that do not answer within `cluster.push_timeout_s`."""
+        `DeadlineMissed` for actors that do not answer within `cluster.push_timeout_s`,
+        `ActorDied` for one that died."""
+
+    def rejoin(self, learner: LearnerRanks, rollout: RolloutPool) -> None:
+        """After engines were restarted: make the new ones reachable by the next push."""
 
 
 class ObjectStoreTransport:
-    heals_engines = True
-
     def __init__(self, dtype: str):
         self.dtype = dtype
 
@@ -36,36 +38,50 @@ class ObjectStoreTransport:
         refs = learner.export_weights(self.dtype)
         rollout.load_weights(refs, version)
 
+    def rejoin(self, learner: LearnerRanks, rollout: RolloutPool) -> None:
+        pass  # every push reaches whichever engines the pool holds
+
+
+SEND_GRACE_S = 15.0
+"""How much longer than `cluster.push_timeout_s` the driver waits for the ranks' send: the
+sender's own deadlines (on each engine call, and on each `gloo` collective) fire first and
+name the engine and the phase."""
+
 
 class VllmTransferTransport:
-    """`nccl` / `ipc`: vLLM's native weight transfer (GPU). The learner ranks stream their
-    parameters (ZeRO-3: gathered one at a time) through vLLM's trainer engine; rank 0 sends and
-    drives the engines' start / update / finish protocol. A thin layer: the transfer itself is
-    vLLM's tested code. A push that misses `cluster.push_timeout_s` is not healed: the
-    transfer group was formed at start, and a restarted engine is not in it."""
-
-    heals_engines = False
+    """`nccl` / `ipc` / `gloo`: a weight-transfer engine in vLLM's factory. The learner ranks
+    stream their parameters (ZeRO-3: gathered one at a time) through the trainer-side engine;
+    rank 0 sends and drives the engines' init / start / update / finish protocol, each call
+    with the push deadline (`learner/export.py`'s `EngineClient`). After engines are restarted
+    the whole transfer group is formed again (`rejoin`), so a failed push heals as with
+    `object_store`."""
 
     def __init__(
         self, backend: str, learner: LearnerRanks, rollout: RolloutPool, tp: int, timeout_s: float
     ):
+        self.backend, self.tp, self.timeout_s = backend, tp, timeout_s
+        self.rejoin(learner, rollout)
+
+    def rejoin(self, learner: LearnerRanks, rollout: RolloutPool) -> None:
+        """Form the transfer group of learner rank 0 and every engine's workers (all ranks
+        join: each builds its trainer-side engine), rendezvous at a fresh port."""
         import ray
 
-        self.timeout_s = timeout_s
         master = None
-        if backend == "nccl":
+        if self.backend in ("nccl", "gloo"):
             master = ray.get(learner.ranks[0].node_address.remote())
-        world_size = 1 + len(rollout.actors) * tp
-        ray.get(
-            [
-                r.init_weight_transfer.remote(backend, rollout.actors, master, world_size)
-                for r in learner.ranks
-            ]
-        )
+        world_size = 1 + len(rollout.actors) * self.tp
+        joins = [
+            r.init_weight_transfer.remote(
+                self.backend, rollout.actors, master, world_size, self.timeout_s
+            )
+            for r in learner.ranks
+        ]
+        get_within(joins, self.timeout_s + SEND_GRACE_S, "learner rank", "init")
 
     def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
         sends = [r.send_weights.remote() for r in learner.ranks]
-        get_within(sends, self.timeout_s, "learner rank", "send")
+        get_within(sends, self.timeout_s + SEND_GRACE_S, "learner rank", "send")
         updates = [a.update_weight_version.remote(version) for a in rollout.actors]
         get_within(updates, self.timeout_s, "rollout engine", "version")
 

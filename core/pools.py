@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from typing import TypeVar
 
-from core.errors import DeadlineMissed
+from core.errors import ActorDied, ActorFault, DeadlineMissed
 
 T = TypeVar("T")
+
+DEATH_GRACE_S = 2.0
+"""How long `get_within` looks for a dead actor behind another call's error."""
 
 
 def split_contiguous(items: list[T], n: int) -> list[list[T]]:
@@ -36,15 +39,42 @@ def replace_dead(actors: list, start, probe) -> int:
 
 def get_within(refs: list, timeout_s: float, who: str, phase: str, wait=None, get=None) -> list:
     """`ray.get(refs)` (one ref per actor, in actor order) that waits at most `timeout_s` seconds
-    in all; raises `DeadlineMissed` naming the actors whose call had not finished by then. A call
-    that failed counts as finished: `ray.get` raises its error (a dead actor stays a
-    `RayActorError`). `wait` and `get` stand in for `ray.wait` / `ray.get` in tests."""
-    if wait is None or get is None:
-        import ray
+    in all; raises `DeadlineMissed` naming the actors whose call had not finished by then. A
+    failed call ends the wait at once: an actor that died raises `ActorDied` naming it, an
+    `ActorFault` raised inside the call (a deadline it set on its own calls) passes through as
+    it is, any other error as `ray.get` raises it. `wait` and `get` stand in for `ray.wait` /
+    `ray.get` in tests."""
+    import ray
 
-        wait, get = wait or ray.wait, get or ray.get
+    wait, get = wait or ray.wait, get or ray.get
+
+    def died(ref) -> ActorDied | None:
+        try:
+            get([ref])
+        except ray.exceptions.RayActorError as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return ActorDied(who, [refs.index(ref)], phase, reason)
+        return None
+
     t0 = time.monotonic()
-    _, pending = wait(refs, num_returns=len(refs), timeout=timeout_s)
+    pending = list(refs)
+    while pending and (left := timeout_s - (time.monotonic() - t0)) > 0:
+        done, pending = wait(pending, num_returns=1, timeout=left)
+        for ref in done:
+            try:
+                get([ref])
+            except ActorFault:
+                raise
+            except ray.exceptions.RayActorError as e:
+                raise died(ref) from e
+            except Exception as e:
+                # A collective fails on every member when one member dies: name the dead
+                # actor, the cause, if its death shows within a moment.
+                late, _ = wait(pending, num_returns=len(pending), timeout=DEATH_GRACE_S)
+                for other in late:
+                    if (death := died(other)) is not None:
+                        raise death from e
+                raise
     if pending:
         late = [i for i, ref in enumerate(refs) if ref in pending]
         raise DeadlineMissed(who, late, phase, time.monotonic() - t0)

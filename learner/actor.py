@@ -415,10 +415,18 @@ class LearnerActor:
         )
 
     def init_weight_transfer(
-        self, backend: str, engines: list, master: tuple[str, int] | None, world_size: int
+        self,
+        backend: str,
+        engines: list,
+        master: tuple[str, int] | None,
+        world_size: int,
+        timeout_s: float,
     ) -> None:
-        """GPU transports: join vLLM's weight transfer with the engines (all ranks call it;
-        rank 0 is the sender; see `export.vllm_weight_sender`)."""
+        """`nccl` / `ipc` / `gloo`: join a weight-transfer group with the engines (all ranks
+        call it; rank 0 is the sender; see `export.vllm_weight_sender`). Called again after
+        engines were restarted: the old group is left first."""
+        if getattr(self, "weight_sender", None) is not None:
+            self.weight_sender.shutdown()
         self.weight_sender = export.vllm_weight_sender(
             self.engine.module,
             self.learner.zero_stage,
@@ -428,6 +436,7 @@ class LearnerActor:
             master,
             world_size,
             self.rank,
+            timeout_s,
         )
 
     def send_weights(self) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
+from core.pools import get_within
+
 
 def full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint name, full tensor) for every parameter of `module` (the DeepSpeed engine's
@@ -67,13 +69,15 @@ def vllm_weight_sender(
     master: tuple[str, int] | None,
     world_size: int,
     rank: int,
+    timeout_s: float,
 ):
-    """vLLM's trainer-side weight-transfer engine over `module`, for the GPU transports:
-    `nccl`, a NCCL group of learner rank 0 and every engine worker (`world_size` in all),
-    rendezvous at `master`; `ipc`, CUDA IPC handles of the colocated GPUs. Every parameter
-    goes out in the engines' `dtype`. vLLM is imported here only: the CPU path never needs it."""
+    """vLLM's trainer-side weight-transfer engine over `module`: `nccl`, a NCCL group of
+    learner rank 0 and every engine worker (`world_size` in all), rendezvous at `master`;
+    `ipc`, CUDA IPC handles of the colocated GPUs; `gloo`, the same protocol as `nccl` over a
+    gloo group on CPU (`core/gloo_transfer.py`, collectives bounded by `timeout_s`). Every
+    parameter goes out in the engines' `dtype`. vLLM is imported here only: the
+    `object_store` path never needs it."""
     from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
-    from vllm.distributed.weight_transfer.clients import RayVLLMWeightSyncClient
     from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
     class ModuleSource(WeightSource):
@@ -99,10 +103,59 @@ def vllm_weight_sender(
         info = NCCLTrainerInitInfo(
             master_address=master[0], master_port=master[1], world_size=world_size, rank=rank
         )
+    elif backend == "gloo":
+        from core import gloo_transfer
+
+        gloo_transfer.register()
+        info = gloo_transfer.GlooTrainerInitInfo(
+            master_address=master[0],
+            master_port=master[1],
+            world_size=world_size,
+            timeout_s=timeout_s,
+            workers_per_engine=(world_size - 1) // len(engines),
+            rank=rank,
+        )
     else:
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
         info = IPCTrainerInitInfo(rank=rank)
     return WeightTransferTrainerFactory.trainer_init(
-        info, client=RayVLLMWeightSyncClient(engines), source=ModuleSource()
+        info, client=EngineClient(engines, timeout_s), source=ModuleSource()
     )
+
+
+class EngineClient:
+    """The engines' side of vLLM's weight-transfer protocol as the trainer engine drives it
+    (vLLM's `VLLMWeightSyncClient` interface), over Ray, with a deadline on every call: each
+    fans out to all engine actors and raises `DeadlineMissed` naming the engines that did not
+    answer within `timeout_s`, with the phase (init, start, update, finish), or `ActorDied`
+    for one that died. (vLLM's own Ray client waits forever.)"""
+
+    def __init__(self, engines: list, timeout_s: float):
+        self.engines, self.timeout_s = engines, timeout_s
+
+    def _all(self, phase: str, method: str, *args) -> None:
+        refs = [getattr(e, method).remote(*args) for e in self.engines]
+        get_within(refs, self.timeout_s, "rollout engine", phase)
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        request = WeightTransferInitRequest(init_info=init_info)
+        self._all("init", "init_weight_transfer_engine", request)
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self._all("shutdown", "shutdown_weight_transfer_engine")
+
+    def start_weight_update(self) -> None:
+        self._all("start", "start_weight_update")
+
+    def update_weights(self, update_info) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        self._all("update", "update_weights", WeightTransferUpdateRequest(update_info=update_info))
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._all("finish", "finish_weight_update")
+        if weight_version is not None:
+            self._all("version", "update_weight_version", weight_version)

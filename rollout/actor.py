@@ -89,8 +89,9 @@ class RolloutActor:
         engine_index: int,
         weight_transport: str = "object_store",
     ):
-        """`weight_transport`: `object_store`, or `nccl` / `ipc` for vLLM's weight-transfer
-        engines (GPU), as resolved by the control plane."""
+        """`weight_transport`: `object_store`, or `nccl` / `ipc` / `gloo` for a weight-transfer
+        engine in vLLM's factory (`gloo` is Cohort's, `core/gloo_transfer.py`), as resolved by
+        the control plane."""
         env = engine_env(cfg, engine_index)
         os.environ.update(env)
         bind = env.get("VLLM_CPU_OMP_THREADS_BIND", "")
@@ -105,13 +106,17 @@ class RolloutActor:
         r, c = cfg.rollout, cfg.cluster
         max_len = cfg.data.max_prompt_tokens + max(r.max_new_tokens, r.eval_max_new_tokens)
         gpu_options = {}
-        if c.use_gpu:
+        if weight_transport in ("nccl", "ipc", "gloo"):
             from vllm.config import WeightTransferConfig
 
-            if weight_transport in ("nccl", "ipc"):
-                gpu_options["weight_transfer_config"] = WeightTransferConfig(
-                    backend=weight_transport
-                )
+            backend = weight_transport
+            if backend == "gloo":
+                from core import gloo_transfer
+
+                gloo_transfer.register()  # the worker runs in this process (engine_env)
+                backend = gloo_transfer.BACKEND
+            gpu_options["weight_transfer_config"] = WeightTransferConfig(backend=backend)
+        if c.use_gpu:
             if c.rollout_tp > 1:
                 gpu_options |= {
                     "tensor_parallel_size": c.rollout_tp,
@@ -135,6 +140,11 @@ class RolloutActor:
             enforce_eager=not c.use_gpu,  # CUDA graphs on GPU; CPU compile costs ~40 s
             **gpu_options,
         )
+        self.first_transfer_rank = 1 + engine_index * c.rollout_tp
+        """This engine's first worker in a weight-transfer group of the sender (rank 0) and
+        every engine's workers."""
+        self.use_gpu = c.use_gpu
+        self.transfer_joined = False
         self.version = 0
         self.hang_s = 0.0
         self.running: dict[str, _Running] = {}
@@ -215,17 +225,25 @@ class RolloutActor:
         self.version = version
 
     def hang_in_next_load(self, seconds: float) -> None:
-        """Fault injection (`hang_rollout`): the next `load_weights` stops answering for
-        `seconds` after receiving the first bucket."""
+        """Fault injection (`hang_rollout`): the next weight load stops answering for `seconds`
+        (`load_weights`: after receiving the first bucket; a weight-transfer group's
+        `update_weights`: before joining the transfer)."""
         self.hang_s = seconds
 
-    # vLLM's weight-transfer protocol (NCCL / IPC), as `RayVLLMWeightSyncClient` calls it on
-    # an engine actor; each forwards to the engine's workers like vLLM's AsyncLLM does.
+    # vLLM's weight-transfer protocol (nccl / ipc / gloo), as the learner's `EngineClient`
+    # calls it on an engine actor; each forwards to the engine's workers as vLLM's AsyncLLM.
 
     def init_weight_transfer_engine(self, request) -> None:
-        self.llm.collective_rpc(
-            "init_weight_transfer_engine", kwargs={"init_info": request.init_info}
-        )
+        # The sender sends every engine the same init info, with the workers' ranks starting
+        # at 1 as for a single engine; vLLM adds only a worker's rank within its engine, so
+        # each engine moves its workers to their own ranks in the group.
+        info = dict(request.init_info)
+        if "rank_offset" in info:
+            info["rank_offset"] = self.first_transfer_rank
+        if self.transfer_joined:  # the group is formed again (engines were restarted)
+            self.llm.collective_rpc("shutdown_weight_transfer_engine")
+        self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": info})
+        self.transfer_joined = True
 
     def shutdown_weight_transfer_engine(self) -> None:
         self.llm.collective_rpc("shutdown_weight_transfer_engine")
@@ -234,10 +252,14 @@ class RolloutActor:
         self.llm.collective_rpc("start_weight_update")
 
     def update_weights(self, request) -> None:
+        hang_s, self.hang_s = self.hang_s, 0.0
+        time.sleep(hang_s)  # fault injection (hang_in_next_load)
         self.llm.collective_rpc("update_weights", kwargs={"update_info": request.update_info})
 
     def finish_weight_update(self) -> None:
         self.llm.collective_rpc("finish_weight_update")
+        if not self.use_gpu:
+            self.llm.collective_rpc("cohort_refresh_tied_head")
         self.llm.reset_prefix_cache()
 
     def update_weight_version(self, version) -> None:

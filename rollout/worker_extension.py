@@ -18,7 +18,7 @@ class WeightReceiver:
                 yield from ray.get(ref).items()
 
         self.reload_weights(weights_iterator=weights(), is_checkpoint_format=True)
-        self._refresh_tied_head()
+        self.cohort_refresh_tied_head()
 
     def cohort_weights_checksum(self) -> str:
         """SHA-256 over the model's parameters and buffers (name, dtype, bytes), in name order."""
@@ -35,10 +35,11 @@ class WeightReceiver:
             digest.update(t.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def _refresh_tied_head(self) -> None:
+    def cohort_refresh_tied_head(self) -> None:
         """A head tied to the input embedding receives no checkpoint weight, so the reload does
         not re-process it; on CPU it keeps a packed copy of the OLD embedding for its matmul
-        (found by the weight-push parity test). Re-tie and re-pack it from the new embedding."""
+        (found by the weight-push parity test). Re-tie and re-pack it from the new embedding
+        (after any in-place reload: `object_store`'s, or a weight-transfer engine's)."""
         model = self.model_runner.get_model()
         head = getattr(model, "lm_head", None)
         embed = getattr(getattr(model, "model", None), "embed_tokens", None)

@@ -110,10 +110,11 @@ class ClusterConfig:
     """Extra Ray resources each learner rank needs (all ranks are in one placement group)."""
     reward_resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources each reward actor needs (default: anywhere with CPUs)."""
-    weight_transport: Literal["auto", "object_store", "nccl", "ipc"] = "auto"
+    weight_transport: Literal["auto", "object_store", "nccl", "ipc", "gloo"] = "auto"
     """How new weights reach the engines: `object_store` (any topology, CPU or GPU), `nccl`
     (vLLM's NCCL weight transfer, learner rank 0 broadcasting; GPU), `ipc` (CUDA IPC handles,
-    colocated on the same GPUs), `auto` (ipc when colocated, nccl on GPU, else object_store)."""
+    colocated on the same GPUs), `gloo` (the `nccl` protocol over a gloo group; CPU engines),
+    `auto` (ipc when colocated, nccl on GPU, else object_store)."""
     colocate: bool = False
     """GPU only: rollout engines and learner ranks share GPUs; engines sleep (vLLM sleep mode)
     while the learner trains and wake for generation."""
@@ -122,10 +123,11 @@ class ClusterConfig:
     (DeepSpeed `offload_states`; needs learner.zero_stage >= 1)."""
     push_timeout_s: float = 300.0
     """Deadline (seconds) for each phase of a weight push (`object_store`: the learner's
-    export, each engine's load; `nccl`/`ipc`: the ranks' send, the engines' version update);
-    always on. With `object_store` an engine that misses it is killed, restarted and pushed to
-    once more; a second miss, a learner rank's, or any miss under `nccl`/`ipc` (a restarted
-    engine is outside the transfer group) stops the run (exit 3, resumable)."""
+    export, each engine's load; `nccl`/`ipc`/`gloo`: the ranks' send, the engines' version
+    update; `gloo` also bounds each collective by it); always on. With `object_store` an
+    engine that misses it is killed, restarted and pushed to once more; a second miss, a
+    learner rank's, or any miss under `nccl`/`ipc`/`gloo` (a restarted engine is outside the
+    transfer group) stops the run (exit 3, resumable)."""
     verify_weights: bool = False
     """After every push, check that all engines hold identical weights (a checksum per engine;
     costs one pass over the weights; for tests and debugging)."""
@@ -155,10 +157,16 @@ class ClusterConfig:
             "tensor parallelism needs GPUs (cluster.use_gpu: true)",
         )
         require(
-            self.use_gpu or self.weight_transport in ("auto", "object_store"),
+            self.use_gpu or self.weight_transport in ("auto", "object_store", "gloo"),
             "cluster.weight_transport",
             self.weight_transport,
-            "nccl and ipc need GPUs; use object_store (or auto) on CPU",
+            "nccl and ipc need GPUs; use object_store, gloo or auto on CPU",
+        )
+        require(
+            not self.use_gpu or self.weight_transport != "gloo",
+            "cluster.weight_transport",
+            self.weight_transport,
+            "gloo is for CPU engines; use nccl (or auto) on GPUs",
         )
         require(
             not self.colocate or self.use_gpu,

@@ -40,19 +40,21 @@ def max_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b))
 
 
-def parity_config(tiny_model: str, dtype: str):
+def parity_config(tiny_model: str, dtype: str, transport: str = "object_store"):
     overrides = [
         f"model.path={tiny_model}",
         "learner.lr=0.05",
         f"model.rollout_dtype={dtype}",
         f"rollout.temperature={TEMPERATURE}",
+        f"cluster.weight_transport={transport}",
     ]
     return load_config("configs/smoke.yaml", overrides)
 
 
 class SharedPolicy:
-    """One learner for the module and an engine per rollout dtype, started on first use, with the
-    version of the weights each holds (the learner's: its training steps so far)."""
+    """One learner for the module and an engine per rollout dtype (and transport), started on
+    first use, with the version of the weights each holds (the learner's: its training steps so
+    far)."""
 
     def __init__(self, tiny_model: str):
         self.tiny_model = tiny_model
@@ -61,13 +63,20 @@ class SharedPolicy:
         self.engines: dict[str, tuple[RolloutPool, int]] = {}  # dtype -> (engine, its version)
 
     def engine(self, dtype: str) -> RolloutPool:
+        """`dtype` is a rollout dtype, or `<dtype>/gloo` for an engine the `gloo` transport
+        pushes to."""
         if dtype not in self.engines:
-            cfg = parity_config(self.tiny_model, dtype)
-            self.engines[dtype] = (RolloutPool(cfg, self.tiny_model, f"parity-{dtype}"), 0)
+            dt, _, transport = dtype.partition("/")
+            transport = transport or "object_store"
+            cfg = parity_config(self.tiny_model, dt, transport)
+            name = f"parity-{dt}-{transport}"
+            pool = RolloutPool(cfg, self.tiny_model, name, weight_transport=transport)
+            self.engines[dtype] = (pool, 0)
         return self.engines[dtype][0]
 
     def push(self, dtype: str) -> None:
-        """The driver's push: the transport the engine's config resolves to."""
+        """The driver's push: the transport the engine's config resolves to (a group transport
+        joins the learner and this engine anew for each push)."""
         engine = self.engine(dtype)
         transport = make_transport(engine.cfg, self.learner, engine)
         transport.push(self.learner, engine, version=self.version)
@@ -185,10 +194,12 @@ def test_top_p_logprobs_are_the_learners_renormalised_over_the_nucleus(policy, i
     assert gap > 5 * tol, "the nucleus cut no mass: the test would not see a missing top-p"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16/gloo"])
 def test_push_makes_engine_match_learner(policy, ids, dtype):
+    """`object_store` in both rollout dtypes, and `gloo` (the `nccl` protocol on CPU) with
+    bfloat16 engines (its float32 push is compared bitwise in test_gloo_transfer.py)."""
     prompt_ids, completion_ids = ids
-    tol = TOL[dtype]
+    tol = TOL[dtype.partition("/")[0]]
     engine = policy.synced(dtype)
     before_engine = engine.sequence_logprobs(prompt_ids, completion_ids)[0]
     before_learner = policy.learner.sequence_logprobs(prompt_ids, completion_ids)

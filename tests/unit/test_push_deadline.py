@@ -1,6 +1,7 @@
 """The weight push's deadline without Ray: `get_within` (threads stand in for remote calls) and
 `Health`'s healing (a fake transport that misses the deadline once or twice)."""
 
+import pickle
 import threading
 import time
 from concurrent import futures
@@ -10,12 +11,13 @@ import pytest
 from cluster import health as health_module
 from cluster.health import Health
 from core.config import load_config
-from core.errors import DeadlineMissed, RunStopped
+from core.errors import ActorDied, DeadlineMissed, RunStopped
 from core.pools import get_within
 
 
 def thread_wait(refs, num_returns, timeout):
-    done, pending = futures.wait(refs, timeout=timeout)
+    when = futures.FIRST_COMPLETED if num_returns == 1 else futures.ALL_COMPLETED
+    done, pending = futures.wait(refs, timeout=timeout, return_when=when)
     return list(done), list(pending)
 
 
@@ -50,6 +52,38 @@ def test_get_within_returns_the_results_and_raises_a_call_s_own_error():
             get_within(calls, 5, "learner rank", "export", thread_wait, thread_get)
 
 
+def test_get_within_ends_at_once_when_an_actor_dies_and_names_it():
+    import ray.exceptions
+
+    release = threading.Event()
+
+    def dies():
+        raise ray.exceptions.RayActorError()
+
+    with futures.ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(release.wait), pool.submit(dies), pool.submit(lambda: 3)]
+        t0 = time.monotonic()
+        with pytest.raises(ActorDied) as e:
+            get_within(calls, 30, "learner rank", "send", thread_wait, thread_get)
+        waited = time.monotonic() - t0
+        release.set()
+    assert (e.value.who, e.value.late, e.value.phase) == ("learner rank", [1], "send")
+    assert waited < 5  # not the 30 s deadline: rank 0 still runs
+
+
+def test_get_within_passes_a_fault_raised_inside_a_call_through():
+    """The sender's own deadline on an engine fires inside learner rank 0: the driver sees the
+    engine, not "learner rank 0"."""
+
+    def sender():
+        raise DeadlineMissed("rollout engine", [1], "update", 4.0)
+
+    with futures.ThreadPoolExecutor(1) as pool:
+        with pytest.raises(DeadlineMissed) as e:
+            get_within([pool.submit(sender)], 30, "learner rank", "send", thread_wait, thread_get)
+    assert (e.value.who, e.value.late, e.value.phase) == ("rollout engine", [1], "update")
+
+
 class FakePool:
     """Engines 0..n-1; `restart_dead` replaces the killed ones, as `RolloutPool` does."""
 
@@ -67,16 +101,19 @@ class FakePool:
 class MissingTransport:
     """A push that misses the deadline (engines `late`, phase `phase`) `misses` times."""
 
-    heals_engines = True
-
     def __init__(self, misses: int, who="rollout engine", late=(0,), phase="load"):
         self.misses, self.who, self.late, self.phase = misses, who, list(late), phase
         self.pushes: list[int] = []
+        self.calls: list[str] = []
 
     def push(self, learner, rollout, version):
         self.pushes.append(version)
+        self.calls.append(f"push {version}")
         if len(self.pushes) <= self.misses:
             raise DeadlineMissed(self.who, self.late, self.phase, 5.02)
+
+    def rejoin(self, learner, rollout):
+        self.calls.append(f"rejoin {rollout.restarted}")
 
 
 def health_with(transport, monkeypatch, engines=2):
@@ -123,11 +160,19 @@ def test_a_learner_rank_that_misses_the_deadline_stops_the_run_at_once(monkeypat
     assert transport.pushes == [4] and h.restarts["rollout"] == 0 and pool.killed == []
 
 
-def test_an_engine_missing_a_vllm_transfer_push_stops_the_run_at_once(monkeypatch):
-    """`nccl` / `ipc`: a restarted engine would be outside the transfer group, so no restart."""
-    transport = MissingTransport(misses=1, late=[1], phase="version")
-    transport.heals_engines = False
+def test_a_transfer_group_is_formed_again_after_the_restart_before_the_next_push(monkeypatch):
+    """`nccl` / `ipc` / `gloo`: the restarted engine must join the group before it is pushed to."""
+    transport = MissingTransport(misses=1, late=[1], phase="update")
     h, pool = health_with(transport, monkeypatch)
-    with pytest.raises(RunStopped, match="rollout engine 1: no answer in phase `version`"):
-        h.push(4)
-    assert pool.killed == [] and transport.pushes == [4] and h.restarts["rollout"] == 0
+    h.push(4)
+    assert transport.calls == ["push 4", "rejoin [1]", "push 4"]
+
+
+def test_push_faults_cross_actor_boundaries_intact():
+    """A sender raises `DeadlineMissed` inside learner rank 0 and Ray pickles it to the
+    driver, which must still see the engine's index and the phase."""
+    e = pickle.loads(pickle.dumps(DeadlineMissed("rollout engine", [1], "update", 4.2)))
+    assert (e.who, e.late, e.phase, round(e.waited_s, 1)) == ("rollout engine", [1], "update", 4.2)
+    d = pickle.loads(pickle.dumps(ActorDied("learner rank", [1], "send", "exited")))
+    assert (d.who, d.late, d.phase, d.reason) == ("learner rank", [1], "send", "exited")
+    assert str(d) == "learner rank 1 died in phase `send` (exited)"
