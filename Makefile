@@ -9,7 +9,7 @@ STAMP := $(VENV)/.cohort-installed
 EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-fast lint format setup clean-venv
+.PHONY: demo test test-fast test-gpu lint format setup clean-venv
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP) lint
 
 test-fast: $(STAMP) lint
 	$(PY) -m pytest tests -m "not slow"
+
+# The CUDA paths (tests/gpu; each skips without the GPUs it needs), printing their figures.
+test-gpu: $(STAMP)
+	$(PY) -m pytest tests/gpu -s -v
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -108,7 +108,8 @@ def train(cfg: Config) -> Path:
         with faults_during("generate", t.fault_injection, step):
             batch, gen_times = batches.get(step, timer)  # one_step_off: step+1 starts here
         if cfg.cluster.colocate:
-            rollout.sleep()  # engines give the GPUs to the learner
+            freed = rollout.sleep()  # engines give the GPUs to the learner
+            gen_times["colocate/sleep_freed_gib"] = min(freed)
             if cfg.cluster.offload_learner:
                 learner.reload_states()
         with timer("train"), faults_during("train", t.fault_injection, step):

@@ -265,9 +265,14 @@ class RolloutActor:
     def update_weight_version(self, version) -> None:
         self.version = int(version)
 
-    def sleep(self) -> None:
-        """Colocated mode: free the GPU memory (weights and KV cache) while the learner trains."""
+    def sleep(self) -> float:
+        """Colocated mode: free the GPU memory (weights and KV cache) while the learner trains;
+        returns how many GiB this device gained."""
+        import torch
+
+        before = torch.cuda.mem_get_info()[0]
         self.llm.sleep(level=1)
+        return (torch.cuda.mem_get_info()[0] - before) / 2**30
 
     def wake_up(self) -> None:
         self.llm.wake_up()

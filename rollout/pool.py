@@ -129,8 +129,9 @@ class RolloutPool:
         """Each engine's SHA-256 over its weights (equal strings = identical weights)."""
         return ray.get([a.weights_checksum.remote() for a in self.actors])
 
-    def sleep(self) -> None:
-        ray.get([a.sleep.remote() for a in self.actors])
+    def sleep(self) -> list[float]:
+        """Colocated mode: every engine frees its GPU memory; returns the GiB each freed."""
+        return ray.get([a.sleep.remote() for a in self.actors])
 
     def wake_up(self) -> None:
         ray.get([a.wake_up.remote() for a in self.actors])

@@ -1,8 +1,10 @@
 """A three-node Ray cluster simulated on this machine (a head and two workers started with
 `ray start` on loopback, token authentication on, each labelled with its own custom resource),
 the smoke config with 2 rollout engines and 2 DeepSpeed ranks under ZeRO-3 pinned to different
-nodes, run through `ray job submit`. So the prompt split across engines, the gloo process group
-and the layer-by-layer gathers of the weight push all run for real, across nodes.
+nodes, run through `ray job submit`, pushing weights through the `gloo` transport (vLLM's
+weight-transfer protocol over a gloo group). So the dispatch across engines, the learner's gloo
+process group, the layer-by-layer gathers of the push and the transfer group all run for real,
+across nodes.
 
 Each worker node gets its own `--temp-dir`: nodes on one machine sharing one would also share
 the runtime-env working directory, and one node's cleanup deletes it under the others. Each
@@ -12,8 +14,9 @@ on the machine, the agents serve no HTTP and `ray job submit` finds "No availabl
 Asserts: the job succeeded; the actors landed where the config's placement says
 (placement.json against the nodes' labels); after every push all engines hold identical
 weights (SHA-256 over each engine's weights) and the weights changed; the evaluation ran at
-`trainer.eval_every`; the metrics equal a single-node run of the same config (every non-time
-value to 1e-6 relative; the timing-dependent keys are only checked to be present).
+`trainer.eval_every`; the metrics equal a single-node run of the same config pushing through
+`object_store` (the engines' weight checksums exactly, every other non-time value to 1e-6
+relative; the timing-dependent keys are only checked to be present).
 """
 
 import json
@@ -40,10 +43,13 @@ COMMON = [
     "cluster.rollout_cpus=0.5",
     "cluster.learner_cpus=0.5",
 ]
-PINNED = [
+CLUSTER = [
     "cluster.rollout_resources={rollout_node: 1}",
     "cluster.learner_resources={learner_node: 1}",
+    "cluster.weight_transport=gloo",
 ]
+"""The 3-node run only: pinned to the labelled nodes, pushing through `gloo` (vLLM's transfer
+protocol, as `nccl` runs it) where the single-node run pushes through `object_store`."""
 
 
 def free_port() -> int:
@@ -105,7 +111,7 @@ def test_three_node_job_places_and_matches_single_node(tiny_model, tmp_path):
         labels = json.loads(found.stdout.strip().splitlines()[-1])
         out = tmp_path / "cluster"
         train = ["python", "-m", "cluster", "train", "configs/smoke.yaml"]
-        train += [f"model.path={tiny_model}", f"trainer.output_dir={out}", *COMMON, *PINNED]
+        train += [f"model.path={tiny_model}", f"trainer.output_dir={out}", *COMMON, *CLUSTER]
         address = f"--address=http://127.0.0.1:{dash}"
         submit = [ray, "job", "submit", address, f"--working-dir={REPO}", "--", *train]
         job = submit_job(submit, env)

@@ -2,10 +2,12 @@
 and vLLM's weight transfer: colocated on one GPU (IPC transport, the engine sleeping while the
 learner trains), and split over two GPUs (NCCL transport, learner rank 0 broadcasting; skipped
 with fewer than two GPUs, as NCCL cannot put two ranks on one device); on the tiny model and on
-SmolLM2-135M-Instruct (or the model folder in $COHORT_GPU_SMOKE_MODEL, e.g. a ~0.5B Qwen2.5).
-Prints the seconds of every phase.
+SmolLM2-135M-Instruct (or the model folder in $COHORT_GPU_SMOKE_MODEL, e.g. a ~0.5B Qwen2.5);
+colocated once more with the learner's ZeRO states offloaded while the engine generates
+(DeepSpeed `offload_states`). Prints the seconds of every phase (`push` among them) and, when
+colocated, the GPU memory the engine's sleep freed.
 
-Run on a GPU machine: `.venv/bin/pytest tests/gpu -s`.
+Run on a GPU machine: `make test-gpu` (docs/cluster.md lists what each mode covers).
 """
 
 import json
@@ -25,6 +27,9 @@ MODES = {
     "nccl": ["cluster.weight_transport=nccl", "rollout.gpu_memory_utilization=0.5"],
     "ipc-colocated": ["cluster.weight_transport=ipc", "cluster.colocate=true",
                       "rollout.gpu_memory_utilization=0.3"],
+    "ipc-colocated-offload": ["cluster.weight_transport=ipc", "cluster.colocate=true",
+                              "cluster.offload_learner=true", "learner.zero_stage=1",
+                              "rollout.gpu_memory_utilization=0.3"],
 }  # fmt: skip
 
 
@@ -44,7 +49,11 @@ def test_two_steps_on_gpu(tiny_model, tmp_path, mode, model):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
         times = " ".join(f"{k[5:]} {v:.2f}s" for k, v in r.items() if k.startswith("time/"))
-        print(f"[{mode} {model}] step {r['step']}: {times}")
+        freed = r.get("colocate/sleep_freed_gib")
+        slept = f", sleep freed {freed:.2f} GiB" if freed is not None else ""
+        print(f"[{mode} {model}] step {r['step']}: {times}{slept}")
     assert [r["step"] for r in rows] == [1, 2]
+    if "colocate" in mode:
+        assert all(r["colocate/sleep_freed_gib"] > 0 for r in rows)
     assert all(r["push/engines_identical"] == 1.0 for r in rows)
     assert rows[0]["push/checksum"] != rows[1]["push/checksum"]
