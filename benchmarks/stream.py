@@ -16,7 +16,7 @@ Three ways to generate and score the same groups, with the same seeds (so the sa
 - `stream, P/2 in flight`: the same with `rollout.max_groups_in_flight = P/2`, so later groups
   go to whichever engine frees up first.
 
-    python benchmarks/stream.py [--model demo|tiny] [--steps 2] [--prompts 8] [--group-size 4]
+    python benchmarks/stream.py [--model demo|tiny] [--reward-ms 0] [--steps 2] [--prompts 8]
 
 Prints, per variant, the mean over steps of the generate and reward seconds, the reward time
 left exposed after generation, and each engine's busy fraction, then the ratios to `static`,
@@ -130,6 +130,13 @@ def main() -> None:
         help="demo: the demo's SmolLM2 (bf16 engines); tiny: the 2-layer random Llama (float32), "
         "whose completions end at a random token, so lengths run from 1 to the limit",
     )
+    parser.add_argument(
+        "--reward-ms",
+        type=float,
+        default=0.0,
+        help="score with benchmarks/slow_reward.py, this many ms per sample (a verifier's cost); "
+        "0: the config's reward",
+    )
     args = parser.parse_args()
 
     import ray
@@ -150,6 +157,13 @@ def main() -> None:
     ]
     if args.model == "tiny":
         overrides += [f"model.path={TINY_LLAMA}", "model.rollout_dtype=float32"]
+    if args.reward_ms:
+        fn = "benchmarks/slow_reward.py:answer_slowly"
+        kwargs = f"{{seconds: {args.reward_ms / 1000}}}"
+        overrides += [
+            f"reward.functions=[{{fn: {fn}, weight: 1.0, kwargs: {kwargs}}}]",
+            "reward.accuracy_function=answer_slowly",
+        ]
     cfg = load_config("configs/demo.yaml", overrides)
     in_flight = f"rollout.max_groups_in_flight={args.prompts // 2}"
     half = load_config("configs/demo.yaml", [*overrides, in_flight])
@@ -161,7 +175,8 @@ def main() -> None:
     rewards = RewardPool(cfg.reward, base_dir=REPO, num_cpus=0.25, run_id="bench-stream")
     cores = os.cpu_count()
     print(
-        f"{cores} cores; model {args.model}; 2 engines; P={args.prompts} G={args.group_size} "
+        f"{cores} cores; model {args.model}; reward {args.reward_ms:g} ms/sample; 2 engines; "
+        f"P={args.prompts} G={args.group_size} "
         f"max_new_tokens={args.max_new_tokens}",
         flush=True,
     )

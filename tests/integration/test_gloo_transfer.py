@@ -1,9 +1,10 @@
 """The `gloo` weight transport on real actors: 2 DeepSpeed ranks under ZeRO-3 and 2 vLLM
 engines on the tiny Llama, joined through vLLM's weight-transfer factories (the code `nccl`
 runs: `learner/export.py`'s sender and client, the engines' protocol methods, the transport's
-deadlines and `Health`'s healing), with an `object_store` engine as the reference.
+deadlines and `Health`'s healing), with `object_store` pushes of the same weights as the
+reference.
 
-Asserts: after a push every gloo engine holds bitwise the weights an `object_store` push gives
+Asserts: after a push every engine holds bitwise the weights an `object_store` push gives
 (SHA-256 over each engine's parameters), tagged with the push's version; an engine that stops
 answering in the middle of a push is named with the phase within the deadline plus a few
 seconds, restarted, the group formed again and the push completed; a learner rank that dies
@@ -31,14 +32,14 @@ pytestmark = pytest.mark.integration
 DEADLINE_S = 4.0
 
 
-def config(tiny_model: str, transport: str, engines: int):
+def config(tiny_model: str):
     overrides = [
         f"model.path={tiny_model}",
         "learner.world_size=2",
         "learner.zero_stage=3",
         "learner.lr=0.05",
-        f"cluster.rollout_engines={engines}",
-        f"cluster.weight_transport={transport}",
+        "cluster.rollout_engines=2",
+        "cluster.weight_transport=gloo",
         f"cluster.push_timeout_s={DEADLINE_S}",
     ]
     return load_config("configs/smoke.yaml", overrides)
@@ -46,11 +47,10 @@ def config(tiny_model: str, transport: str, engines: int):
 
 class Setup:
     def __init__(self, tiny_model: str):
-        self.cfg = config(tiny_model, "gloo", engines=2)
+        self.cfg = config(tiny_model)
         self.learner = LearnerRanks(self.cfg, tiny_model, "gloo")
         self.engines = RolloutPool(self.cfg, tiny_model, "gloo", weight_transport="gloo")
         self.transport = make_transport(self.cfg, self.learner, self.engines)
-        self.reference = RolloutPool(config(tiny_model, "object_store", 1), tiny_model, "gloo-ref")
         self.version = 0
         tok = AutoTokenizer.from_pretrained(tiny_model)
         chat = [{"role": "user", "content": "what is 2+3?"}]
@@ -59,22 +59,23 @@ class Setup:
 
     def train_step(self) -> None:
         """One update on a batch of the configured size (the learner's DeepSpeed plan) sampled
-        by the reference engine, rewards 0/1 alternating in each group."""
+        by the engines, rewards 0/1 alternating in each group."""
         r = self.cfg.rollout
         prompts = [Prompt(f"p{i}", "2+3?", self.prompt_ids, "5") for i in range(r.prompts_per_step)]
-        groups = self.reference.generate(prompts, n=r.group_size, seed=self.version)
+        groups = self.engines.generate(prompts, n=r.group_size, seed=self.version)
         rewards = [[j % 2 for j in range(r.group_size)] for _ in groups]
         metrics = self.learner.train(scored(groups, rewards))
         assert metrics["train/optimizer_steps"] == self.version + 1
         self.version += 1
 
-    def reference_checksum(self) -> str:
-        ObjectStoreTransport("float32").push(self.learner, self.reference, self.version)
-        [checksum] = self.reference.weights_checksums()
-        return checksum
+    def object_store_checksums(self) -> list[str]:
+        """The engines' checksums after pushing the same weights again through
+        `object_store`."""
+        ObjectStoreTransport("float32").push(self.learner, self.engines, self.version)
+        return self.engines.weights_checksums()
 
     def shutdown(self) -> None:
-        for pool in (self.engines, self.reference, self.learner):
+        for pool in (self.engines, self.learner):
             pool.shutdown()
 
 
@@ -90,8 +91,8 @@ def test_a_gloo_push_gives_every_engine_the_object_store_weights(setup):
     setup.train_step()
     setup.transport.push(setup.learner, setup.engines, setup.version)
     after = setup.engines.weights_checksums()
-    assert after == [setup.reference_checksum()] * 2
-    assert after != before
+    assert after[0] == after[1] != before[0]
+    assert setup.object_store_checksums() == after
     versions = ray.get([a.__ray_call__.remote(lambda a: a.version) for a in setup.engines.actors])
     assert versions == [setup.version] * 2
 
@@ -107,7 +108,8 @@ def test_an_engine_that_stops_mid_push_is_named_restarted_and_pushed_again(setup
     out = capsys.readouterr().out
     assert "rollout engine 1: no answer in phase `update` after 4." in out
     assert health.restarts["rollout"] == 1
-    assert setup.engines.weights_checksums() == [setup.reference_checksum()] * 2
+    healed = setup.engines.weights_checksums()
+    assert healed[0] == healed[1] and setup.object_store_checksums() == healed
     # detection at the deadline, then a restart, a new group and a full push
     detected = re.search(r"no answer in phase `update` after ([\d.]+) s", out).group(1)
     print(f"engine hang: named after {detected} s, healed after {took:.1f} s (deadline 4 s)")
