@@ -185,7 +185,18 @@ class LearnerActor:
         rank's micro-batches."""
         groups, valid = [sg.group for sg in batch], [sg.valid for sg in batch]
         samples = flatten(groups, valid, self.algorithm.mask_truncated)  # [P * G]
-        return rank_batch(samples, self._plan(len(samples)), self.rank, self.pad_id)
+        plan = self._plan(len(samples))
+        configured = self.engine.gradient_accumulation_steps()
+        if plan.accumulation_steps != configured:
+            # DeepSpeed steps the optimizer every `configured` micro-batches: another count
+            # would shift or skip updates without a sound
+            raise ValueError(
+                f"the learner got {len(samples)} samples, {plan.accumulation_steps} "
+                f"micro-batches per rank and update, but DeepSpeed was set up for {configured} "
+                "(rollout.prompts_per_step x rollout.group_size samples a batch); send batches "
+                "of that size"
+            )
+        return rank_batch(samples, plan, self.rank, self.pad_id)
 
     @property
     def _kl_in_reward(self) -> bool:

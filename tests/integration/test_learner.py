@@ -179,6 +179,14 @@ def test_set_algorithm_refuses_a_different_number_of_updates(one_rank, tiny_mode
         learner.set_algorithm(two.algorithm)
 
 
+def test_a_batch_of_another_size_is_refused_not_silently_skipped(one_rank):
+    """DeepSpeed steps every `gradient_accumulation_steps` micro-batches, fixed at set-up: a
+    smaller batch would end no update (no optimizer step, no error) and is refused."""
+    learner, _, _ = one_rank
+    with pytest.raises(ValueError, match="got 8 samples, 2 micro-batches .* set up for 4"):
+        learner.train(scored(*batch(prompts=2)))
+
+
 def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
     overrides = [
         "learner.micro_batch_size=4",
