@@ -43,9 +43,9 @@ class ObjectStoreTransport:
 
 
 SEND_GRACE_S = 15.0
-"""How much longer than `cluster.push_timeout_s` the driver waits for the ranks' send: the
-sender's own deadlines (on each engine call, and on each `gloo` collective) fire first and
-name the engine and the phase."""
+"""How much longer than `cluster.push_timeout_s` the driver waits for the ranks' send or join:
+the sender's own deadlines (on each engine call, the engines' join at most 10 s later, and on
+each `gloo` collective) fire first and name the engine and the phase."""
 
 
 class VllmTransferTransport:

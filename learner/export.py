@@ -124,6 +124,10 @@ def vllm_weight_sender(
     )
 
 
+INIT_GRACE_S = 10.0
+"""How much longer than the push deadline the engines get to join a (re-formed) group."""
+
+
 class EngineClient:
     """The engines' side of vLLM's weight-transfer protocol as the trainer engine drives it
     (vLLM's `VLLMWeightSyncClient` interface), over Ray, with a deadline on every call: each
@@ -134,15 +138,17 @@ class EngineClient:
     def __init__(self, engines: list, timeout_s: float):
         self.engines, self.timeout_s = engines, timeout_s
 
-    def _all(self, phase: str, method: str, *args) -> None:
+    def _all(self, phase: str, method: str, *args, extra_s: float = 0.0) -> None:
         refs = [getattr(e, method).remote(*args) for e in self.engines]
-        get_within(refs, self.timeout_s, "rollout engine", phase)
+        get_within(refs, self.timeout_s + extra_s, "rollout engine", phase)
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
         request = WeightTransferInitRequest(init_info=init_info)
-        self._all("init", "init_weight_transfer_engine", request)
+        # After a failed push the surviving engines may still wait in its collective until
+        # the group's own deadline (5 s past the push's) before they take the new init.
+        self._all("init", "init_weight_transfer_engine", request, extra_s=INIT_GRACE_S)
 
     def shutdown_weight_transfer_engine(self) -> None:
         self._all("shutdown", "shutdown_weight_transfer_engine")
