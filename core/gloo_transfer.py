@@ -2,7 +2,8 @@
 
 The two halves of one wire protocol, registered in vLLM's weight-transfer factories under
 `cohort_gloo` (`register`): the trainer side runs on learner rank 0 (the sender, group rank 0)
-and drives the engines through vLLM's `RayVLLMWeightSyncClient`; the worker side runs inside
+and drives the engines through the learner's `EngineClient` (vLLM's client interface, with
+deadlines); the worker side runs inside
 every engine's worker (group ranks 1..). The learner and the engines drive them exactly as they
 drive vLLM's `nccl` engines (`learner/export.py`, `cluster/transport.py`, the rollout actor's
 protocol methods), so on CPU the tests run the code a GPU cluster runs, with only the copy
@@ -10,15 +11,17 @@ swapped: a gloo broadcast of each parameter's bytes instead of a NCCL one.
 
 Guarantees: parameters go out one at a time in `WeightSource` order, each checked against the
 metadata the engines were sent (name, dtype, shape), and arrive through vLLM's layerwise reload
-(the same load path as `object_store`). Every collective has a deadline (`timeout_s`): a peer
-that stops answering makes the others raise instead of wait. The group is its own TCP store
-and gloo group, outside any default process group, so it coexists with the learner ranks'
-group and vLLM's own. Not covered: packing several parameters per broadcast (one per
-parameter is enough at the model sizes CPU training reaches).
+(the same load path as `object_store`). Every collective has a deadline (the push's
+`timeout_s` + `GROUP_GRACE_S`): a peer that stops answering makes the others raise instead of
+wait, and before broadcasting the sender names any engine that did not enter the push. The
+group is its own TCP store and gloo group, outside any default process group, so it coexists
+with the learner ranks' group and vLLM's own. Not covered: packing several parameters per
+broadcast (one per parameter is enough at the model sizes CPU training reaches).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -35,6 +38,8 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferInitInfo,
     WeightTransferUpdateInfo,
 )
+
+from core.errors import DeadlineMissed
 
 BACKEND = "cohort_gloo"
 """The factories' key (not plain `gloo`, which vLLM may one day claim for its own engine)."""
@@ -171,8 +176,7 @@ class GlooTrainerEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
         self, *, client, source: WeightSource, is_sender: bool, info: GlooTrainerInitInfo
     ) -> None:
         super().__init__(client=client, source=source, is_sender=is_sender)
-        self.world_size, self.timeout_s = info.world_size, info.timeout_s
-        self.workers_per_engine = info.workers_per_engine
+        self.info = info
         self.store = self.group = None
         self.pushes = 0
 
@@ -245,16 +249,12 @@ class GlooTrainerEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
         """Until every engine worker entered this push's receive, at most the deadline; raise
         `DeadlineMissed` naming the engines that did not (their peers then wait in the first
         broadcast until the group's own deadline, and fail there)."""
-        import time
-
-        from core.errors import DeadlineMissed
-
         t0 = time.monotonic()
-        missing = list(range(1, self.world_size))
+        missing = list(range(1, self.info.world_size))
         while missing:
             missing = [r for r in missing if not self.store.check([entered_key(push, r)])]
-            if missing and time.monotonic() - t0 > self.timeout_s:
-                late = sorted({(r - 1) // self.workers_per_engine for r in missing})
+            if missing and time.monotonic() - t0 > self.info.timeout_s:
+                late = sorted({(r - 1) // self.info.workers_per_engine for r in missing})
                 raise DeadlineMissed("rollout engine", late, "update", time.monotonic() - t0)
             time.sleep(0.01 if missing else 0)
 

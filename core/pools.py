@@ -48,13 +48,9 @@ def get_within(refs: list, timeout_s: float, who: str, phase: str, wait=None, ge
 
     wait, get = wait or ray.wait, get or ray.get
 
-    def died(ref) -> ActorDied | None:
-        try:
-            get([ref])
-        except ray.exceptions.RayActorError as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            return ActorDied(who, [refs.index(ref)], phase, reason)
-        return None
+    def death(ref, e: Exception) -> ActorDied:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return ActorDied(who, [refs.index(ref)], phase, reason)
 
     t0 = time.monotonic()
     pending = list(refs)
@@ -66,14 +62,18 @@ def get_within(refs: list, timeout_s: float, who: str, phase: str, wait=None, ge
             except ActorFault:
                 raise
             except ray.exceptions.RayActorError as e:
-                raise died(ref) from e
+                raise death(ref, e) from e
             except Exception as e:
                 # A collective fails on every member when one member dies: name the dead
                 # actor, the cause, if its death shows within a moment.
-                late, _ = wait(pending, num_returns=len(pending), timeout=DEATH_GRACE_S)
-                for other in late:
-                    if (death := died(other)) is not None:
-                        raise death from e
+                ended, _ = wait(pending, num_returns=len(pending), timeout=DEATH_GRACE_S)
+                for other in ended:
+                    try:
+                        get([other])
+                    except ray.exceptions.RayActorError as dead:
+                        raise death(other, dead) from e
+                    except Exception:
+                        pass
                 raise
     if pending:
         late = [i for i, ref in enumerate(refs) if ref in pending]

@@ -124,10 +124,10 @@ class ClusterConfig:
     push_timeout_s: float = 300.0
     """Deadline (seconds) for each phase of a weight push (`object_store`: the learner's
     export, each engine's load; `nccl`/`ipc`/`gloo`: the ranks' send, the engines' version
-    update; `gloo` also bounds each collective by it); always on. With `object_store` an
-    engine that misses it is killed, restarted and pushed to once more; a second miss, a
-    learner rank's, or any miss under `nccl`/`ipc`/`gloo` (a restarted engine is outside the
-    transfer group) stops the run (exit 3, resumable)."""
+    update; `gloo` also bounds each collective by it, plus 5 s); always on. An engine that
+    misses it or dies in the push is killed, restarted (`nccl`/`ipc`/`gloo` form their transfer
+    group again) and pushed to once more; a second failure, or a learner rank's, stops the run
+    (exit 3, resumable)."""
     verify_weights: bool = False
     """After every push, check that all engines hold identical weights (a checksum per engine;
     costs one pass over the weights; for tests and debugging)."""
