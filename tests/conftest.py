@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny Llama built by the tests, and a local Ray per test module."""
+"""Shared fixtures: a tiny Llama built by the tests, and one Ray cluster for the suite."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def _isolate_suite() -> str:
         # Every Ray the suite starts (`ray start`, the fixture's, the runs') survives a busy
         # machine, as local mode does (cluster/ray_setup.py).
         "RAY_agent_register_timeout_ms": "180000",
+        # The suite's Ray cluster wants the token (`shared_ray_address`); Ray reads this when
+        # first imported.
+        "RAY_AUTH_MODE": "token",
+        # The venv's tools first (as `connect_ray` does for a run's workers): one `ninja` builds
+        # DeepSpeed's op in TORCH_EXTENSIONS_DIR; another version would rebuild it each switch.
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]),
     }
     tempfile.tempdir = None  # re-read TMPDIR
     atexit.register(_remove_suite_dir, root)
@@ -88,13 +94,58 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray for one test module, with the repository importable in its workers."""
+    """The suite's Ray cluster (`shared_ray_address`) joined by this process for one test
+    module, with the repository importable in its workers. Leaving it at the module's end ends
+    every actor the module started."""
     import ray
 
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+    ray.init(address=shared_ray_address(), runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_shared_ray: dict[str, str] = {}
+
+
+def shared_ray_address() -> str:
+    """The address of the suite's one Ray cluster, started on first use (`ray start --head` on
+    loopback, its own temp dir and port, token authentication, the repository on its workers'
+    import path, as many CPUs as local mode would give a run) and stopped when the suite exits,
+    by its temp dir (`stop_ray_cluster`). Test modules join it (`ray_local`) and runs submit to
+    it (`cohort_command`) instead of starting a Ray each: a Ray start and stop costs a run about
+    10 s of its 35 on two cores. A run's actors end with its driver, even a SIGKILLed one (Ray
+    reaps a dead driver's actors and placement groups), so runs stay independent."""
+    if "address" not in _shared_ray:
+        import atexit
+        import subprocess
+
+        ray, env = ray_cli()
+        env |= {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            "RAY_worker_niceness": "0",  # as local mode sets it (cluster/ray_setup.py)
+        }
+        temp_dir = short_temp_dir("shared-")
+        port = free_port()
+        start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"]
+        start += [f"--temp-dir={temp_dir}", f"--num-cpus={max(os.cpu_count() or 1, 4)}"]
+        start += ["--include-dashboard=false", "--disable-usage-stats"]
+        # Ray's fixed default ports would collide with another suite's cluster on the machine.
+        start += [f"--ray-client-server-port={free_port()}"]
+        start += [f"--dashboard-agent-listen-port={free_port()}"]
+        done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        atexit.register(stop_ray_cluster, temp_dir)
+        _shared_ray["address"] = f"127.0.0.1:{port}"
+    return _shared_ray["address"]
 
 
 def ray_cli() -> tuple[str, dict[str, str]]:
@@ -109,20 +160,25 @@ def ray_cli() -> tuple[str, dict[str, str]]:
     return shutil.which("ray", path=str(bin_dir)) or "ray", env
 
 
-def cohort_command(args: list[str], env: dict | None = None) -> tuple[list[str], dict]:
-    """The real `python -m cluster ...` entry point and its environment: the suite's, without
-    RAY_ADDRESS (each run starts its own local Ray), plus `env`."""
+def cohort_command(
+    args: list[str], env: dict | None = None, own_ray: bool = False
+) -> tuple[list[str], dict]:
+    """The real `python -m cluster ...` entry point and its environment: the suite's, joining
+    the suite's Ray cluster as a run under `ray job submit` joins its cluster, plus `env`. With
+    `own_ray`, the run starts its own local Ray as `cohort train` does on a workstation."""
     import sys
 
-    full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
-    return [sys.executable, "-m", "cluster", *args], full_env
+    full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if not own_ray:
+        full_env["RAY_ADDRESS"] = shared_ray_address()
+    return [sys.executable, "-m", "cluster", *args], full_env | (env or {})
 
 
-def run_cohort(args: list[str], timeout: int = 600, env: dict | None = None):
-    """Run `cohort_command(args, env)` from the repository root, output captured."""
+def run_cohort(args: list[str], timeout: int = 600, env: dict | None = None, own_ray=False):
+    """Run `cohort_command(args, env, own_ray)` from the repository root, output captured."""
     import subprocess
 
-    command, full_env = cohort_command(args, env)
+    command, full_env = cohort_command(args, env, own_ray)
     return subprocess.run(
         command, cwd=REPO, env=full_env, timeout=timeout, capture_output=True, text=True
     )

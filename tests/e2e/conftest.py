@@ -1,7 +1,8 @@
 """Runs of the real loop shared by the learning and resume tests.
 
-Each `cohort train` run spends about a minute starting Ray, vLLM and DeepSpeed and about a
-second per step, so one run serves several tests: the run that shows the GRPO preset learns
+Each `cohort train` run (joining the suite's Ray cluster, tests/conftest.py) spends about 25 s
+starting vLLM, the reward sandbox and DeepSpeed on two cores and about a second per step, so
+one run serves several tests: the run that shows the GRPO preset learns
 (test_learning.py) is also the uninterrupted reference that the killed-and-resumed runs of
 test_resume.py must reproduce bit for bit, and the same holds for the one_step_off run. The
 shared runs write a checkpoint after every step and save the final policy; their metrics must

@@ -1,5 +1,5 @@
 """Faults a run survives or stops on cleanly, in one run and two resumes of it (start-up
-dominates: each `cohort train` costs about a minute before its first step).
+dominates: each `cohort train` costs about 25 s before its first step).
 
 1. Steps 1-6: reward actor 0 killed at step 2, rollout engine 0 at step 4: both restarted,
    counted, and the restarted engine samples the learner's current weights (the sampler/learner
@@ -10,11 +10,16 @@ dominates: each `cohort train` costs about a minute before its first step).
    does not advance.
 2. `trainer.resume=auto` with a different `trainer.fault_injection` (learner rank 0 killed at
    step 8): continues from step 6's checkpoint, exit code 3 naming the step and the way back.
-3. `trainer.resume=auto` with no faults: completes steps 8 and 9 from step 7's checkpoint (the
-   previous resume's faults are not reapplied), the step count and schedule carried over.
+3. `trainer.resume=auto` with an engine that stops answering in the middle of step 8's weight
+   push (`hang_rollout@8`: it takes the first bucket, then sleeps an hour): caught by
+   `cluster.push_timeout_s`, named with the phase, killed, restarted and pushed to again. The
+   run completes steps 8 and 9 from step 7's checkpoint (the previous resume's faults are not
+   reapplied), the step count and schedule carried over, and the restarted engine samples the
+   learner's current weights.
 """
 
 import json
+import re
 
 import pytest
 
@@ -23,6 +28,7 @@ from tests.conftest import run_cohort
 pytestmark = pytest.mark.slow
 
 LR, WARMUP = 3e-3, 6  # smoke's learner.lr; warm-up over 6 optimizer steps (linear, from 1/6)
+PUSH_DEADLINE_S = 5
 MISMATCH_TOL = 1e-6
 """|train/mismatch_kl| bound (nats/token). The float32 engine and learner agree to about 1e-8
 per step on the smoke model (measured: at most 1.1e-8 over the 9 steps, restarted engine
@@ -91,10 +97,33 @@ def test_faults_in_one_run_and_its_resumes(tiny_model, tmp_path):
     assert "trainer.resume=auto" in second.stderr
     assert sorted(rows_of(tmp_path)) == [1, 2, 3, 4, 5, 6, 7]
 
-    third = smoke(tiny_model, tmp_path, "trainer.resume=auto")
+    # Without the push deadline this run would hang for an hour: run_cohort's timeout fails it.
+    third = smoke(
+        tiny_model,
+        tmp_path,
+        "trainer.resume=auto",
+        "trainer.fault_injection=hang_rollout@8",
+        f"cluster.push_timeout_s={PUSH_DEADLINE_S}",
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     assert "step_000007 (step 7)" in third.stdout
+    assert "fault injection: rollout engine 0 hangs in step 8's push" in third.stdout
+    found = re.search(
+        r"weight push of step 8: rollout engine 0: no answer in phase `load` after ([\d.]+) s; "
+        r"restarting it, pushing again",
+        third.stdout,
+    )
+    assert found, third.stdout[-3000:]
+    detected_s = float(found.group(1))
+    assert PUSH_DEADLINE_S <= detected_s < PUSH_DEADLINE_S + 10
     rows = rows_of(tmp_path)
+    assert [rows[s]["faults/rollout_restarts"] for s in (8, 9)] == [1, 1]  # counted per process
+    push_s = rows[8]["time/push"]  # deadline + the engine's restart + the second push
+    print(
+        f"hang detected after {detected_s:.1f} s (deadline {PUSH_DEADLINE_S} s), "
+        f"push {push_s:.1f} s"
+    )
+    assert push_s < PUSH_DEADLINE_S + 180  # generous: a vLLM engine restart on a busy CPU
     assert sorted(rows) == list(range(1, 10))
     assert column(rows, "train/optimizer_steps") == [1, 2, 2, 3, 3, 3, 4, 5, 6]
     for step, r in rows.items():

@@ -20,7 +20,6 @@ relative; the timing-dependent keys are only checked to be present).
 """
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TIMING_KEYS, ray_cli, run_cohort, short_temp_dir, stop_ray_cluster
+from tests.conftest import (
+    REPO,
+    TIMING_KEYS,
+    free_port,
+    ray_cli,
+    run_cohort,
+    short_temp_dir,
+    stop_ray_cluster,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +57,6 @@ CLUSTER = [
 ]
 """The 3-node run only: pinned to the labelled nodes, pushing through `gloo` (vLLM's transfer
 protocol, as `nccl` runs it) where the single-node run pushes through `object_store`."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def submit_job(submit: list[str], env: dict, wait_s: float = 180.0):
@@ -100,7 +101,7 @@ def test_three_node_job_places_and_matches_single_node(tiny_model, tmp_path):
     head_dir, rollout_dir, learner_dir = dirs = [short_temp_dir() for _ in range(3)]
     try:
         head = f"--head --port={gcs} --dashboard-host=127.0.0.1 --dashboard-port={dash}"
-        head += " --include-dashboard=true --num-cpus=1"
+        head += f" --include-dashboard=true --num-cpus=1 --ray-client-server-port={free_port()}"
         ray_start(ray, env, head_dir, *head.split(), '--resources={"head_node": 1}')
         for node_dir, label in [(rollout_dir, "rollout_node"), (learner_dir, "learner_node")]:
             node = [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f'--resources={{"{label}": 2}}']

@@ -1,6 +1,8 @@
 """`cohort train` with hostile reward functions: one rewrites its own file to pay 1000 and kills
 its worker, one returns 1e308 (weight 2). The run must end with finite rewards, the file's
-first version in force at every step, and the failures counted."""
+first version in force at every step, and the failures counted. The one end-to-end run that
+starts its own local Ray, as `cohort train` does on a workstation (the others join the suite's
+cluster)."""
 
 import hashlib
 import json
@@ -51,7 +53,7 @@ def test_a_reward_function_cannot_change_itself_or_overflow(tiny_model, tmp_path
         "train", "configs/smoke.yaml", f"model.path={tiny_model}", "trainer.steps=3",
         "trainer.eval_every=0", f"trainer.output_dir={out}", functions,
         "reward.isolation=off", "reward.timeout_s=10",
-    ])  # fmt: skip
+    ], own_ray=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = [p for p in out.iterdir() if p.is_dir()]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

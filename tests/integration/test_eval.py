@@ -29,18 +29,6 @@ def max_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b))
 
 
-def test_pass_at_k_and_json(tmp_path):
-    out = tmp_path / "eval.json"
-    result = run_cohort(["eval", "configs/smoke.yaml", *TINY_EVAL, "--k", "3", "--out", str(out)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    res = json.loads(out.read_text())
-    assert res["prompts"] == 6 and res["n"] == 3 and len(res["per_prompt"]) == 6
-    for key in ("greedy/accuracy", "pass@1", "pass@3"):
-        assert 0.0 <= res[key] <= 1.0
-    assert res["pass@3"] >= res["pass@1"]
-    assert "greedy accuracy" in result.stdout and "pass@3" in result.stdout
-
-
 def groups_of(tok, prompt_ids: list[int]) -> list[Group]:
     """8 groups of 8 hand-written completions of one prompt (the smoke config's batch)."""
     texts = ["5", "five", "4", "55", "5.", "six", "5, five.", "x"]
@@ -98,16 +86,23 @@ def test_exported_checkpoint_scores_like_the_trained_learner(trained_run, tmp_pa
 
 def test_eval_of_a_checkpoint(trained_run, tmp_path):
     """`cohort eval RUN --checkpoint latest` exports the checkpoint beside the run and
-    evaluates the export (so vLLM loads and runs it)."""
+    evaluates the export (so vLLM loads and runs it): greedy accuracy, pass@1 and pass@k per
+    prompt and overall, in the JSON and on the console. (The formulas: tests/unit/
+    test_evaluation.py.)"""
     run = trained_run[0]
     out = tmp_path / "eval.json"
-    args = ["eval", str(run), *TINY_EVAL, "--checkpoint", "latest", "--k", "2", "--out", str(out)]
+    args = ["eval", str(run), *TINY_EVAL, "--checkpoint", "latest", "--k", "3", "--out", str(out)]
     result = run_cohort(args)
     assert result.returncode == 0, result.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["model"] == str(run / "export-step_000001")
     assert res["checkpoint"] == str(run / "checkpoints" / "step_000001")
-    assert len(res["per_prompt"]) == 6 and all(p["greedy"] is not None for p in res["per_prompt"])
+    assert res["prompts"] == 6 and res["n"] == 3 and len(res["per_prompt"]) == 6
+    assert all(p["greedy"] is not None for p in res["per_prompt"])
+    for key in ("greedy/accuracy", "pass@1", "pass@3"):
+        assert 0.0 <= res[key] <= 1.0
+    assert res["pass@3"] >= res["pass@1"]
+    assert "greedy accuracy" in result.stdout and "pass@3" in result.stdout
 
 
 def test_eval_without_accuracy_function_is_a_clear_error(tmp_path):

@@ -46,8 +46,8 @@ def test_a_cluster_too_small_for_the_config_exits_2_with_the_fix(tiny_model, tmp
     # before any actor starts, not a traceback and exit 1.
     from tests.conftest import run_cohort
 
-    done = run_cohort(["train", "configs/smoke.yaml", f"model.path={tiny_model}",
-                       "cluster.num_cpus=1", f"trainer.output_dir={tmp_path}"])  # fmt: skip
+    args = ["train", "configs/smoke.yaml", f"model.path={tiny_model}", "cluster.num_cpus=1"]
+    done = run_cohort([*args, f"trainer.output_dir={tmp_path}"], own_ray=True)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "the Ray cluster cannot hold this config" in done.stderr
     assert "CPU: needs 1.25" in done.stderr and "Traceback" not in done.stderr
