@@ -54,8 +54,9 @@ def cohort_overrides(mode: str, placement: str, steps: int) -> list[str]:
     return [*WORKLOAD, *PLACEMENTS[placement], f"trainer.mode={mode}", f"trainer.steps={steps}"]
 
 
-def run_cohort(overrides: list[str]) -> list[dict]:
-    """`cohort train configs/demo.yaml ...`; returns the metrics rows of the training steps."""
+def run_cohort(overrides: list[str]) -> tuple[list[dict], dict]:
+    """`cohort train configs/demo.yaml ...`; returns the metrics rows of the training steps and
+    the learner's peak (`learner_peak.json`)."""
     with tempfile.TemporaryDirectory() as out:
         args = [
             sys.executable,
@@ -75,7 +76,8 @@ def run_cohort(overrides: list[str]) -> list[dict]:
             sys.exit(f"cohort train failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
         (run_dir,) = Path(out).iterdir()
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["step"] >= 1]
+        peak = json.loads((run_dir / "learner_peak.json").read_text())
+    return [r for r in rows if r["step"] >= 1], peak
 
 
 def step_prompts(overrides: list[str], steps: int) -> list[list[list[int]]]:
@@ -275,7 +277,8 @@ def main() -> None:
         f"{args.steps} steps (step 1 is warm-up)",
         flush=True,
     )
-    rows = run_cohort(overrides)[1:]
+    rows, peak = run_cohort(overrides)
+    rows = rows[1:]
     if args.mode == "one_step_off":
         # The last step has no next batch to generate: it is train + push only, which would
         # flatter the mode. Only steps with a batch generated alongside them are counted.
@@ -306,6 +309,10 @@ def main() -> None:
         "tokens_per_s": phase("rollout/tokens") / step_s,
         "generated_tokens": phase("rollout/tokens"),
         "padding_frac": phase("train/padding_frac"),
+        "mfu": phase("perf/mfu"),
+        "learner_peak_gflops": peak["peak_flops_per_s"] / 1e9,
+        "learner_tokens_per_s": phase("perf/learner_tokens_per_s"),
+        "generate_tokens_per_s": phase("perf/generate_tokens_per_s"),
         "raw_vllm_generate_s": raw_gen,
         "raw_vllm_tokens": raw_tokens,
         "raw_deepspeed_train_s": raw_train,
@@ -344,6 +351,12 @@ def main() -> None:
         f"{result['train_vs_raw_deepspeed']:.2f}x, orchestration overhead "
         f"{100 * result['overhead_frac']:.1f}% of the step, push {100 * result['push_frac']:.1f}%"
         f", {result['steps_per_hour']:.0f} steps/hour"
+    )
+    print(
+        f"learner MFU {100 * result['mfu']:.1f}% of its peak "
+        f"({result['learner_peak_gflops']:.0f} GFLOP/s: {peak['ranks'][0]['source']}), "
+        f"{result['learner_tokens_per_s']:.0f} tokens/s trained, "
+        f"{result['generate_tokens_per_s']:.0f} tokens/s generated"
     )
     print(json.dumps(result))
 

@@ -21,7 +21,7 @@ from cluster.checkpoint import find_resume_point
 from cluster.data import PromptStream, load_datasets, steps_for_epochs
 from cluster.evaluation import evaluate
 from cluster.health import Health, faults_during
-from cluster.metrics import MetricsLog, PhaseTimer, rollout_metrics
+from cluster.metrics import MetricsLog, PhaseTimer, perf_metrics, rollout_metrics
 from cluster.models import resolve_model
 from cluster.overlap import BatchSource
 from cluster.placement import report, reserve
@@ -86,6 +86,8 @@ def train(cfg: Config) -> Path:
     for name, layers in rewards.isolation.items():
         print(f"reward sandbox of {name}: {', '.join(layers) or 'none'}", flush=True)
     (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))
+    peak = learner.peak_flops()  # measured with every actor up and idle
+    (run_dir / "learner_peak.json").write_text(json.dumps(peak, indent=1))
     transport = make_transport(cfg, learner, rollout)
     health = Health(cfg, rollout, rewards, learner, transport)
     names = [reward_function_name(f) for f in cfg.reward.functions]
@@ -124,6 +126,7 @@ def train(cfg: Config) -> Path:
         row |= rollout_metrics(groups, scores, cfg.reward.accuracy_function)
         row |= staleness(batch.groups, learner_version=step - 1)
         row |= train_metrics | health.metrics() | timer.metrics() | gen_times
+        row |= perf_metrics(row, peak["peak_flops_per_s"])
         if cfg.cluster.verify_weights:
             row |= weight_check(rollout)
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):

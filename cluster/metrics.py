@@ -60,6 +60,19 @@ def rollout_metrics(groups: list[Group], scores: list[list[Any]], accuracy_fn: s
     return out
 
 
+def perf_metrics(row: dict[str, Any], peak_flops_per_s: float) -> dict[str, float]:
+    """Throughput of a step row's phases: tokens per second of generation (tokens sampled) and
+    of the learner (real tokens trained), and the learner's model FLOPs utilisation (its model
+    FLOPs over the train phase, against the calibrated or tabled peak of its devices)."""
+    out = {}
+    if row.get("time/generate"):
+        out["perf/generate_tokens_per_s"] = row["rollout/tokens"] / row["time/generate"]
+    if row.get("time/train"):
+        out["perf/learner_tokens_per_s"] = row["train/real_tokens"] / row["time/train"]
+        out["perf/mfu"] = row["train/model_flops"] / (row["time/train"] * peak_flops_per_s)
+    return out
+
+
 def accuracy(scores: list[list[Any]], accuracy_fn: str) -> float:
     """Fraction of samples whose accuracy function scored 1 (failed calls count as wrong)."""
     values = [s.components.get(accuracy_fn, 0.0) for row in scores for s in row]

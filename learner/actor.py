@@ -55,6 +55,7 @@ from learner.engine import (
     pin_threads,
     sum_over_ranks,
 )
+from learner.flops import FlopModel, device_peak
 
 Logprobs = list[torch.Tensor] | None
 """One [B, C] tensor per micro-batch of this rank, or None when not computed."""
@@ -68,6 +69,8 @@ class _Tally:
     """The loss shares, and per-token stats weighted by each micro-batch's loss tokens."""
     grad_norms: list[float] = field(default_factory=list)
     skipped: int = 0
+    flops: float = 0.0
+    """Model FLOPs of this rank's passes over the batch (`learner/flops.py`)."""
 
     def add(self, loss: torch.Tensor, stats: dict, mb: MicroBatch, weight: float) -> None:
         # Stats are token means per micro-batch; weighting by tokens makes them batch means.
@@ -131,6 +134,13 @@ class LearnerActor:
         pad_id = self.engine.module.config.pad_token_id
         self.pad_id = pad_id if pad_id is not None else 0
         self.optimizer_steps = 0
+        self.flop_model = FlopModel.of(self.engine.module)
+
+    def peak_flops(self) -> tuple[float, str]:
+        """This rank's device's matmul peak in the learner's dtype (FLOP/s) and where it comes
+        from (`learner/flops.py`); on a CPU, measured now with this rank's threads."""
+        peak = device_peak(self.engine.device, next(self.engine.module.parameters()).dtype)
+        return peak.flops_per_s, peak.source
 
     def _load_or_drop_reference(self) -> None:
         """Hold the reference model exactly when `algorithm.kl_coef` > 0."""
@@ -266,6 +276,9 @@ class LearnerActor:
         scale = data.plan.accumulation_steps * self.world_size
         self.engine.train()
         tally = _Tally()
+        # Model FLOPs: a forward and backward per micro-batch, one forward per fixed pass.
+        passes = 3 + (old is not None) + (ref is not None)
+        tally.flops = passes * sum(self._forward_flops(mb) for mb in data.micro)
         nonfinite = False
         for i, mb in enumerate(data.micro):
             if self.learner.micro_batch_tokens:  # the count varies per mini-batch: mark its last
@@ -279,6 +292,13 @@ class LearnerActor:
                 nonfinite = False  # a new mini-batch starts
             tally.add(loss, stats, mb, float(mask.sum()))
         return tally
+
+    def _forward_flops(self, mb: MicroBatch) -> float:
+        """Model FLOPs of one forward pass over the micro-batch's real tokens."""
+        completion_cols = mb.targets.shape[1]
+        tokens = mb.attention_mask.sum(1)  # [B]
+        scored = mb.attention_mask[:, -completion_cols:].sum(1)  # [B] completion tokens
+        return self.flop_model.forward(tokens, scored)
 
     def _inject_faults(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         """`trainer.fault_injection` on the batch's first micro-batch (core/faults.py):
@@ -372,10 +392,13 @@ class LearnerActor:
     ) -> dict[str, float]:
         """The batch's metrics: the tally summed over ranks, token-weighted stats as token
         means."""
-        sums = sum_over_ranks(tally.sums, self.world_size)
+        sums = sum_over_ranks(tally.sums | {"_flops": tally.flops}, self.world_size)
         tokens_seen = max(sums.pop("_tokens"), 1.0)
+        real = sums.pop("_real")
         metrics = {
-            "train/padding_frac": 1.0 - sums.pop("_real") / sums.pop("_positions"),
+            "train/padding_frac": 1.0 - real / sums.pop("_positions"),
+            "train/real_tokens": real,
+            "train/model_flops": sums.pop("_flops"),
             "train/micro_batches": float(len(data.micro)),
             # Loss shares sum to each mini-batch's loss over micro-batches and ranks.
             "train/loss": sums.pop("loss") / self.algorithm.updates_per_batch,

@@ -51,6 +51,15 @@ class LearnerRanks:
     def _all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
 
+    def peak_flops(self) -> dict[str, Any]:
+        """The learner's matmul peak (`learner/flops.py`): per rank and in total, FLOP/s. Call
+        it while the cluster is otherwise idle: on CPUs each rank measures its own now."""
+        per_rank = self._all("peak_flops")
+        return {
+            "peak_flops_per_s": sum(flops for flops, _ in per_rank),
+            "ranks": [{"flops_per_s": flops, "source": source} for flops, source in per_rank],
+        }
+
     def train(self, batch: list[ScoredGroup], step: int = 0) -> dict[str, float]:
         """One batch of updates on the groups of `batch` with their rewards and validity;
         metrics over the whole batch. Raises when the ranks did not update alike."""

@@ -78,7 +78,7 @@ from cluster.models import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-TIMING_KEYS = ("time/", "engine/")
+TIMING_KEYS = ("time/", "engine/", "perf/")
 """Metric prefixes that depend on timing: wall-clock seconds, and the engines' share of the
 work (which engine runs which group depends on which finished first). Everything else in a
 metrics row is a function of the config, the seed and the weights."""

@@ -17,6 +17,7 @@ import torch
 
 from core.config import AlgorithmConfig, load_config
 from core.records import Group, Prompt, Sample
+from learner.flops import FlopModel
 from learner.ranks import LearnerRanks
 from tests.conftest import scored
 
@@ -130,6 +131,19 @@ def test_step_changes_every_parameter_and_reports_metrics(one_rank):
     assert metrics["train/grad_norm"] > 0 and metrics["train/lr"] == pytest.approx(1e-2 * 2 / 3)
     assert metrics["train/clip_frac"] == 0.0  # one update: ratio is exactly 1
     assert "train/kl" not in metrics  # kl_coef 0: no reference model
+    # Model FLOPs over the real tokens: forward and backward (3 forwards) of each sample, whose
+    # prompt and completion lengths the batch gives (the tiny model's sizes: tests/unit/
+    # test_flops.py), whatever the padding of the 4 micro-batches.
+    groups, _, _ = batch(seed=0)
+    lengths = [(len(g.prompt.token_ids), len(s.completion_token_ids)) for g in groups
+               for s in g.samples]  # fmt: skip
+    assert metrics["train/real_tokens"] == sum(p + c for p, c in lengths)
+    tokens, scored_tokens = (
+        torch.tensor([p + c for p, c in lengths]),
+        torch.tensor([c for _, c in lengths]),
+    )
+    want = 3 * FlopModel(327_680, 6_656, 2, 128).forward(tokens, scored_tokens)
+    assert metrics["train/model_flops"] == pytest.approx(want, rel=1e-12)
 
 
 def test_a_reset_learner_repeats_its_first_update_bitwise(one_rank, tiny_model):
