@@ -5,7 +5,8 @@ machine) with at least the logical CPUs the config's actors reserve
 (phases alternate in sync mode, so logical CPUs may exceed physical cores), the dashboard on
 127.0.0.1 only, token authentication when `secure_local_defaults` ran before ray was imported
 (the CLI does; RAY_AUTH_MODE set by the user wins), and the repository on every worker's
-import path, and actors at the daemons' priority (nice 0, not Ray's default 15). Cluster mode
+import path, actors at the daemons' priority (nice 0, not Ray's default 15), and the Python
+environment's own tools first on the workers' PATH (one `ninja` for DeepSpeed's ops). Cluster mode
 (`cluster.address`, `RAY_ADDRESS`, or running under `ray job submit`) joins the existing
 cluster and relies on the job's `--working-dir` to ship the code.
 """

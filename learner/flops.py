@@ -101,7 +101,9 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> Peak:
     return calibrate(device, dtype)
 
 
-def calibrate(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.3):
+def calibrate(
+    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.3
+) -> Peak:
     """Dense matmul FLOP/s of `device` in `dtype` with this process's torch threads: the best of
     repeated n x n x n products over about `seconds` after a warm-up (the best, because the
     question is what the hardware can do, not how busy it is now)."""

@@ -79,9 +79,9 @@ from cluster.models import build_tiny_llama  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 TIMING_KEYS = ("time/", "engine/", "perf/")
-"""Metric prefixes that depend on timing: wall-clock seconds, and the engines' share of the
-work (which engine runs which group depends on which finished first). Everything else in a
-metrics row is a function of the config, the seed and the weights."""
+"""Metric prefixes that depend on timing: wall-clock seconds, throughput (`perf/`), and the
+engines' share of the work (which engine runs which group depends on which finished first).
+Everything else in a metrics row is a function of the config, the seed and the weights."""
 
 
 @pytest.fixture(scope="session")
@@ -94,13 +94,12 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """The suite's Ray cluster (`shared_ray_address`) joined by this process for one test
-    module, with the repository importable in its workers. Leaving it at the module's end ends
-    every actor the module started."""
+    """The suite's Ray cluster (`shared_ray_address`, whose workers import the repository)
+    joined by this process for one test module. Leaving it at the module's end ends every actor
+    the module started."""
     import ray
 
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    ray.init(address=shared_ray_address(), runtime_env={"env_vars": env})
+    ray.init(address=shared_ray_address())
     yield ray
     ray.shutdown()
 
@@ -122,7 +121,7 @@ def shared_ray_address() -> str:
     import path, as many CPUs as local mode would give a run) and stopped when the suite exits,
     by its temp dir (`stop_ray_cluster`). Test modules join it (`ray_local`) and runs submit to
     it (`cohort_command`) instead of starting a Ray each: a Ray start and stop costs a run about
-    10 s of its 35 on two cores. A run's actors end with its driver, even a SIGKILLed one (Ray
+    7 s of its 35 on two cores. A run's actors end with its driver, even a SIGKILLed one (Ray
     reaps a dead driver's actors and placement groups), so runs stay independent."""
     if "address" not in _shared_ray:
         import atexit
@@ -150,14 +149,14 @@ def shared_ray_address() -> str:
 
 def ray_cli() -> tuple[str, dict[str, str]]:
     """The venv's `ray` executable and an environment for `ray start` / `ray job submit` with
-    token authentication (no inherited RAY_ADDRESS)."""
+    token authentication (no inherited RAY_ADDRESS; the venv's tools first on PATH, as
+    `_isolate_suite` set it)."""
     import shutil
     import sys
 
-    bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
-    return shutil.which("ray", path=str(bin_dir)) or "ray", env
+    env["RAY_AUTH_MODE"] = "token"
+    return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray", env
 
 
 def cohort_command(
