@@ -35,21 +35,27 @@ class Handler(BaseHTTPRequestHandler):
             cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
             attempt = cls.calls[(self.path, body["completion"])]
         try:
-            if self.path == "/slow":
-                time.sleep(1.0)
-            if self.path == "/bad" or (self.path == "/flaky" and attempt <= 2):
-                return self.answer(400 if self.path == "/bad" else 503, b'{"error": "no"}')
-            if self.path == "/text":
-                return self.answer(200, b"not json")
-            if self.path == "/parts":
-                return self.answer(200, json.dumps({"reward": {"a": 1, "b": 2}}).encode())
-            if self.path == "/concurrency":
-                time.sleep(0.2)
-            score = len(body["completion"]) + (body["row"].get("bonus", 0))
-            self.answer(200, json.dumps({"reward": score, "answer_seen": body["answer"]}).encode())
+            code, payload = self.reply(body, attempt)
         finally:
+            # Leave the count before answering: once the client has its answer it may send
+            # the next request, which must not find this one still counted.
             with cls.lock:
                 cls.in_flight -= counted
+        self.answer(code, payload)
+
+    def reply(self, body: dict, attempt: int) -> tuple[int, bytes]:
+        if self.path == "/slow":
+            time.sleep(1.0)
+        if self.path == "/bad" or (self.path == "/flaky" and attempt <= 2):
+            return (400 if self.path == "/bad" else 503), b'{"error": "no"}'
+        if self.path == "/text":
+            return 200, b"not json"
+        if self.path == "/parts":
+            return 200, json.dumps({"reward": {"a": 1, "b": 2}}).encode()
+        if self.path == "/concurrency":
+            time.sleep(0.2)
+        score = len(body["completion"]) + (body["row"].get("bonus", 0))
+        return 200, json.dumps({"reward": score, "answer_seen": body["answer"]}).encode()
 
     def answer(self, code: int, payload: bytes):
         self.send_response(code)
