@@ -40,6 +40,7 @@ COMMANDS = {
   cohort export runs/demo                          newest run: policy/ or latest checkpoint
   cohort export runs/demo/20250101-120000 --out models/demo-grpo
   cohort export runs/demo/20250101-120000 --checkpoint step_000010
+  cohort export runs/lora --adapter --out models/lora-adapter   a LoRA run's adapters (PEFT)
 """,
     ),
     "config": (
@@ -113,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         default="auto",
         help="auto (policy/ if saved, else latest) | policy | latest | step_N",
+    )
+    x.add_argument(
+        "--adapter",
+        action="store_true",
+        help="LoRA runs: the adapters alone as a PEFT folder (default: merged into the base)",
     )
     p["plot"].add_argument("run", help="run folder, or an output folder (newest run)")
     p["plot"].add_argument("--out", default="", help="PNG file (default <run>/plots/curves.png)")
@@ -204,11 +210,18 @@ def cmd_export(args) -> int:
 
     run = find_run(args.run)
     try:
-        out = export(run, Path(args.out) if args.out else run / "export", args.checkpoint)
+        out = export(
+            run, Path(args.out) if args.out else run / "export", args.checkpoint, args.adapter
+        )
     except ValueError as e:  # the folder failed validation; nothing was written
         print(f"cohort: export failed: {e}", file=sys.stderr)
         return 1
-    print(f"exported {run} -> {out} (loads with AutoModelForCausalLM.from_pretrained and vllm)")
+    loads = (
+        "PeftModel.from_pretrained on the base model, vLLM's LoRARequest"
+        if args.adapter
+        else ("AutoModelForCausalLM.from_pretrained and vllm")
+    )
+    print(f"exported {run} -> {out} (loads with {loads})")
     return 0
 
 

@@ -141,6 +141,8 @@ def train(cfg: Config) -> Path:
     if t.save_final:
         learner.save_pretrained(str(run_dir / "policy"))
         tokenizer.save_pretrained(str(run_dir / "policy"))
+        if cfg.learner.lora.rank:  # the adapters alone too, to serve or share without the base
+            learner.save_adapter(str(run_dir / "adapter"))
     for pool in (batches, rollout, rewards, learner, placement):
         pool.shutdown()
     print(f"done: metrics in {run_dir / 'metrics.jsonl'}", flush=True)

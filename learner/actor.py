@@ -16,7 +16,8 @@ loss and gradient do not depend on the micro-batch size, the token budget
 boundary by hand) or the number of ranks. An update whose loss or gradient is not finite on any
 rank is skipped on all of them. Old log-probabilities are computed once before the first update
 when a batch takes several optimizer steps or the KL is a reward penalty (otherwise they equal
-the current ones, detached). A reference model is loaded only when `algorithm.kl_coef > 0`.
+the current ones, detached). A reference model is loaded only when `algorithm.kl_coef > 0`, and
+never with LoRA (`learner.lora`): the reference is then the policy with its adapters switched off.
 Not covered: ZeRO-3 for the reference model (it is a full copy on every rank), sequence packing
 (several sequences in one row; sorting by length under a token budget only reduces padding).
 """
@@ -26,6 +27,8 @@ from __future__ import annotations
 import math
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +36,7 @@ import torch
 from core import faults
 from core.config import AlgorithmConfig, LearnerConfig, ModelConfig, RolloutConfig, TrainerConfig
 from core.records import ScoredGroup
-from learner import checkpoint, export, grpo, losses
+from learner import checkpoint, export, grpo, lora, losses
 from learner.advantages import compute_advantages
 from learner.batch import (
     BatchPlan,
@@ -143,10 +146,11 @@ class LearnerActor:
         return peak.flops_per_s, peak.source
 
     def _load_or_drop_reference(self) -> None:
-        """Hold the reference model exactly when `algorithm.kl_coef` > 0."""
-        if self.algorithm.kl_coef > 0 and self.ref_model is None:
+        """Hold a reference model exactly when `algorithm.kl_coef` > 0 and the whole policy
+        trains (with LoRA the base model under the adapters is the reference)."""
+        if self._has_reference and not self.learner.lora.rank and self.ref_model is None:
             self.ref_model = load_reference(self.model_path, self.engine.device)
-        elif self.algorithm.kl_coef == 0:
+        elif not self._has_reference:
             self.ref_model = None
 
     def set_algorithm(self, algorithm: AlgorithmConfig) -> None:
@@ -209,8 +213,12 @@ class LearnerActor:
         return rank_batch(samples, plan, self.rank, self.pad_id)
 
     @property
+    def _has_reference(self) -> bool:
+        return self.algorithm.kl_coef > 0
+
+    @property
     def _kl_in_reward(self) -> bool:
-        return self.ref_model is not None and self.algorithm.kl_in == "reward"
+        return self._has_reference and self.algorithm.kl_in == "reward"
 
     def _fixed_logprobs(self, data: RankBatch) -> tuple[Logprobs, Logprobs]:
         """Log-probabilities that stay fixed during the batch, per micro-batch: the policy's
@@ -219,8 +227,21 @@ class LearnerActor:
         need_old = self.algorithm.updates_per_batch > 1 or self._kl_in_reward
         model = self.engine.module
         old = [self._logprobs(model, mb) for mb in data.micro] if need_old else None
-        ref = [self._logprobs(self.ref_model, mb) for mb in data.micro] if self.ref_model else None
+        ref = [self._reference_logprobs(mb) for mb in data.micro] if self._has_reference else None
         return old, ref
+
+    def _reference_logprobs(self, mb: MicroBatch) -> torch.Tensor:  # [B, C]
+        with self._reference() as model:
+            return self._logprobs(model, mb)
+
+    @contextmanager
+    def _reference(self) -> Iterator[torch.nn.Module]:
+        """The KL reference: the loaded copy, or with LoRA the policy with its adapters off."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            with lora.adapters_off(self.engine.module):
+                yield self.engine.module
 
     def _rewards(
         self, batch: list[ScoredGroup], data: RankBatch, old: Logprobs, ref: Logprobs
@@ -276,8 +297,11 @@ class LearnerActor:
         scale = data.plan.accumulation_steps * self.world_size
         self.engine.train()
         tally = _Tally()
-        # Model FLOPs: a forward and backward per micro-batch, one forward per fixed pass.
-        passes = 3 + (old is not None) + (ref is not None)
+        # Model FLOPs: a forward and backward per micro-batch, one forward per fixed pass. The
+        # backward is two forwards' worth (gradients of the inputs and of the weights), one
+        # with LoRA: frozen weights get no gradient (the adapters' own FLOPs are left out).
+        backward = 1 if self.learner.lora.rank else 2
+        passes = 1 + backward + (old is not None) + (ref is not None)
         tally.flops = passes * sum(self._forward_flops(mb) for mb in data.micro)
         nonfinite = False
         for i, mb in enumerate(data.micro):
@@ -478,15 +502,25 @@ class LearnerActor:
         self.weight_sender.send_weights()
 
     def save_pretrained(self, path: str) -> None:
-        """Write the policy as a Hugging Face folder (rank 0 writes; all ranks must call)."""
+        """Write the policy as a Hugging Face folder, LoRA adapters merged (rank 0 writes; all
+        ranks must call)."""
         export.save_pretrained(self.engine.module, self.learner.zero_stage, self.rank, path)
 
-    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-        """Learner log-probabilities of a fixed completion (temperature 1), for parity checks."""
+    def save_adapter(self, path: str) -> None:
+        """Write a LoRA learner's adapters as a PEFT folder (rank 0 writes; all ranks call)."""
+        export.save_adapter(self.engine.module, self.learner.zero_stage, self.rank, path)
+
+    def sequence_logprobs(
+        self, prompt_ids: list[int], completion_ids: list[int], reference: bool = False
+    ) -> list[float]:
+        """Log-probabilities of a fixed completion at temperature 1, for parity checks: the
+        policy's, or with `reference` the KL reference's (with LoRA the adapters switched off).
+        All ranks must call under ZeRO-3."""
         sample = FlatSample(prompt_ids, completion_ids, [0.0] * len(completion_ids), True)
         mb = collate([sample], self.pad_id)
-        with torch.no_grad():
-            logits = self._logits(self.engine.module, mb)
+        which = self._reference() if reference else nullcontext(self.engine.module)
+        with torch.no_grad(), which as model:
+            logits = self._logits(model, mb)
             logp = grpo.token_logprobs(logits, mb.targets.to(logits.device))
         return logp[0].tolist()
 
@@ -503,8 +537,13 @@ class LearnerActor:
     def save_checkpoint(self, path: str) -> None:
         """DeepSpeed model, optimizer and scheduler state and this rank's RNG states under
         `path` (all ranks must call: ZeRO shards are written by their owners)."""
-        checkpoint.save(self.engine, path, self.rank, self.optimizer_steps)
+        checkpoint.save(self.engine, path, self.rank, self.optimizer_steps, self._frozen_base)
 
     def load_checkpoint(self, path: str) -> None:
         """Restore what `save_checkpoint` wrote."""
-        self.optimizer_steps = checkpoint.load(self.engine, path, self.rank)
+        self.optimizer_steps = checkpoint.load(self.engine, path, self.rank, self._frozen_base)
+
+    @property
+    def _frozen_base(self) -> bool:
+        """With LoRA the base weights never change: checkpoints hold the adapters only."""
+        return bool(self.learner.lora.rank)

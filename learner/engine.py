@@ -7,7 +7,7 @@ config's batch sizes and accumulation steps are the `BatchPlan`'s, so DeepSpeed'
 boundaries are the plan's mini-batches (under a token budget the learner marks them itself);
 the collectives return the local value unchanged with one rank. Not covered: DeepSpeed's
 offload settings (colocated mode moves the ZeRO states itself, `LearnerActor.offload_states`),
-ZeRO-3 for the reference model (a full copy on every rank).
+ZeRO-3 for the reference model (a full copy on every rank; with LoRA there is none).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from core.config import LearnerConfig, ModelConfig, parse_cores
+from learner import lora
 from learner.batch import BatchPlan
 
 
@@ -48,21 +49,29 @@ def init_process_group(addr: str, port: int, rank: int, world_size: int, use_gpu
 
 
 def build_engine(model_path: str, model: ModelConfig, learner: LearnerConfig, plan: BatchPlan):
-    """The policy in float32 master weights, its optimizer and linear warm-up, in a DeepSpeed
-    engine whose batch sizes are `plan`'s."""
+    """The policy in float32 master weights (with LoRA: the frozen base and its adapters), the
+    optimizer over what trains and linear warm-up, in a DeepSpeed engine whose batch sizes are
+    `plan`'s."""
     import deepspeed
     from transformers import AutoModelForCausalLM
 
     policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     if model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+        if learner.lora.rank:
+            # The frozen embeddings' output has no gradient; checkpointed blocks need one to
+            # backpropagate into the adapters.
+            policy.enable_input_require_grads()
     policy.config.use_cache = False
+    if learner.lora.rank:
+        policy = lora.add_adapters(policy, learner.lora)
     lc = learner
+    trained = [p for p in policy.parameters() if p.requires_grad]
     if lc.optimizer == "sgd":
-        optimizer = torch.optim.SGD(policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+        optimizer = torch.optim.SGD(trained, lr=lc.lr, weight_decay=lc.weight_decay)
     else:
         optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay
+            trained, lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay
         )
     warmup = max(1, lc.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,7 +1,8 @@
 """Weights out of the learner: every parameter as one full tensor, for the engines and for disk.
 
 Guarantees: parameters come out in `named_parameters` order under their checkpoint names, and
-tied parameters once (under the input embedding's name), as vLLM and Hugging Face expect. Under
+tied parameters once (under the input embedding's name), as vLLM and Hugging Face expect; a LoRA
+learner's come out merged under the base model's names (`learner/lora.py`). Under
 ZeRO-3 each parameter is gathered on all ranks in the same order, one at a time (the gather is a
 collective: every rank must iterate, and at most one full parameter is held beside the shards).
 Not covered: choosing a transport and driving the engines (`cluster/transport.py`, which calls
@@ -15,13 +16,18 @@ from collections.abc import Iterator
 import torch
 
 from core.pools import get_within
+from learner import lora
 
 
 def full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint name, full tensor) for every parameter of `module` (the DeepSpeed engine's
-    model); ZeRO-3 parameters are gathered and copied. All ranks must iterate under ZeRO-3."""
+    model), LoRA adapters merged; ZeRO-3 parameters are gathered and copied. All ranks must
+    iterate under ZeRO-3."""
     import deepspeed
 
+    if lora.is_lora(module):
+        yield from lora.merged_parameters(module, zero_stage)
+        return
     for name, param in module.named_parameters():
         if zero_stage == 3:
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
@@ -53,9 +59,28 @@ def object_store_buckets(
     return refs
 
 
+def parameter_shapes(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, full shape) of what `full_parameters` yields, in its order, without gathering."""
+    if lora.is_lora(module):
+        named = ((name, p) for name, p, _ in lora.export_order(module))
+    else:
+        named = module.named_parameters()
+    return [(name, tuple(getattr(p, "ds_shape", p.shape))) for name, p in named]
+
+
 def save_pretrained(module: torch.nn.Module, zero_stage: int, rank: int, path: str) -> None:
-    """Write the policy as a Hugging Face folder (rank 0 writes; all ranks must call)."""
+    """Write the policy as a Hugging Face folder, LoRA adapters merged (rank 0 writes; all ranks
+    must call)."""
     state = dict(full_parameters(module, zero_stage))
+    if rank == 0:
+        plain = module.get_base_model() if lora.is_lora(module) else module
+        plain.save_pretrained(path, state_dict=state, safe_serialization=True)
+
+
+def save_adapter(module: torch.nn.Module, zero_stage: int, rank: int, path: str) -> None:
+    """Write a LoRA learner's adapters as a PEFT adapter folder (`adapter_config.json`,
+    `adapter_model.safetensors`; rank 0 writes, all ranks must call)."""
+    state = lora.adapter_state(module, zero_stage)
     if rank == 0:
         module.save_pretrained(path, state_dict=state, safe_serialization=True)
 
@@ -88,10 +113,7 @@ def vllm_weight_sender(
             self.dtype = getattr(torch, dtype)
 
         def metadata(self) -> list:
-            return [
-                ParamMeta(name, self.dtype, tuple(getattr(p, "ds_shape", p.shape)))
-                for name, p in module.named_parameters()
-            ]
+            return [ParamMeta(name, self.dtype, shape) for name, shape in parameter_shapes(module)]
 
         def __iter__(self):
             for name, tensor in full_parameters(module, zero_stage):

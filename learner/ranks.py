@@ -85,10 +85,12 @@ class LearnerRanks:
         futures = [r.export_weights.remote(dtype) for r in self.ranks]
         return get_within(futures, self.push_timeout_s, "learner rank", "export")[0]
 
-    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-        """Rank 0's log-probabilities of a fixed completion (not under ZeRO-3, whose forward
-        pass needs every rank)."""
-        return ray.get(self.ranks[0].sequence_logprobs.remote(prompt_ids, completion_ids))
+    def sequence_logprobs(
+        self, prompt_ids: list[int], completion_ids: list[int], reference: bool = False
+    ) -> list[float]:
+        """Rank 0's log-probabilities of a fixed completion, the policy's or the reference's
+        (see `LearnerActor.sequence_logprobs`); every rank computes them, as ZeRO-3 needs."""
+        return self._all("sequence_logprobs", prompt_ids, completion_ids, reference)[0]
 
     def offload_states(self) -> None:
         self._all("offload_states")
@@ -104,6 +106,9 @@ class LearnerRanks:
 
     def save_pretrained(self, path: str) -> None:
         self._all("save_pretrained", path)
+
+    def save_adapter(self, path: str) -> None:
+        self._all("save_adapter", path)
 
     def shutdown(self) -> None:
         for r in self.ranks:

@@ -28,7 +28,7 @@ from core.config.inputs import DataConfig, DataSourceConfig, ModelConfig
 from core.config.introspect import documented_yaml, dump_yaml, field_docs, field_types, to_dict
 from core.config.load import apply_override, from_dict, load_config, resolve
 from core.config.run import ClusterConfig, Config, LoggingConfig, TrainerConfig, validate
-from core.config.training import AlgorithmConfig, LearnerConfig, parse_cores
+from core.config.training import AlgorithmConfig, LearnerConfig, LoraConfig, parse_cores
 from core.errors import ConfigError
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "DataSourceConfig",
     "LearnerConfig",
     "LoggingConfig",
+    "LoraConfig",
     "ModelConfig",
     "RewardConfig",
     "RewardFunctionConfig",

@@ -28,6 +28,42 @@ def parse_cores(spec: str) -> list[int]:
     return cores
 
 
+LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"""The attention and MLP projections of Llama-, Qwen- and Mistral-style models."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r: train rank-r adapters on the frozen base weights (PEFT) instead of all the
+    weights; 0 = full fine-tuning. With LoRA the KL reference is the base model with the adapters
+    switched off (no second copy), and the engines get the merged weights."""
+    alpha: float = 0
+    """Scale of the adapters' update (alpha / rank); 0 = 2 x rank."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input while training. Above 0 the learner's log-probabilities
+    are noisy against the sampler's (the engines run without it), which the clipped ratio sees
+    as off-policy drift; 0 is usual for RL."""
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_LAYERS))
+    """Names of the linear layers that get adapters (the last part of the module name), or
+    `[all-linear]` for every linear layer but the output head."""
+
+    def check(self, key: str) -> None:
+        require(self.rank >= 0, key + ".rank", self.rank, "must be >= 0 (0 = no LoRA)")
+        require(self.alpha >= 0, key + ".alpha", self.alpha, "must be >= 0 (0 = 2 x rank)")
+        require(0 <= self.dropout < 1, key + ".dropout", self.dropout, "must be in [0, 1)")
+        require(
+            bool(self.target_modules) or not self.rank,
+            key + ".target_modules",
+            self.target_modules,
+            "name at least one layer, e.g. [q_proj, v_proj], or [all-linear]",
+        )
+
+    @property
+    def scale_alpha(self) -> float:
+        return self.alpha or 2.0 * self.rank
+
+
 @dataclass
 class LearnerConfig:
     world_size: int = 1
@@ -61,8 +97,11 @@ class LearnerConfig:
     """CPU only: cores the learner ranks are pinned to, e.g. `1` or `4-7` (empty = not pinned).
     With `rollout.omp_threads_bind` on other cores this disaggregates the engine and the learner
     the way separate GPUs do on a cluster."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters instead of full fine-tuning (`learner.lora.rank` > 0)."""
 
     def check(self, cfg: Config) -> None:
+        self.lora.check("learner.lora")
         require(self.world_size >= 1, "learner.world_size", self.world_size, "must be >= 1")
         require(
             self.zero_stage in (0, 1, 2, 3), "learner.zero_stage", self.zero_stage, "must be 0-3"
