@@ -42,6 +42,22 @@ class ObjectStoreTransport:
         pass  # every push reaches whichever engines the pool holds
 
 
+class AdapterTransport:
+    """`learner.lora.push=adapter`: the LoRA adapters alone (a few percent of the weights) through
+    Ray's object store; each engine serves them on its unchanged base as a vLLM LoRA request
+    (`RolloutActor.load_adapter`). A restarted engine gets them with the healing push."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+
+    def push(self, learner: LearnerRanks, rollout: RolloutPool, version: int) -> None:
+        [ref] = learner.export_adapter(self.dtype)
+        rollout.load_adapter(ref, version)
+
+    def rejoin(self, learner: LearnerRanks, rollout: RolloutPool) -> None:
+        pass  # every push reaches whichever engines the pool holds
+
+
 SEND_GRACE_S = 15.0
 """How much longer than `cluster.push_timeout_s` the driver waits for the ranks' send or join:
 the sender's own deadlines (on each engine call, the engines' join at most 10 s later, and on
@@ -87,9 +103,12 @@ class VllmTransferTransport:
 
 
 def resolve_transport(cfg) -> str:
-    """The transport `cluster.weight_transport` means on this config: `auto` is `ipc` when
-    colocated on GPUs, `nccl` on GPUs, `object_store` otherwise."""
+    """The transport `cluster.weight_transport` means on this config: `adapter` when a LoRA
+    learner pushes its adapters alone; else `auto` is `ipc` when colocated on GPUs, `nccl` on
+    GPUs, `object_store` otherwise."""
     c = cfg.cluster
+    if cfg.learner.lora.rank and cfg.learner.lora.push == "adapter":
+        return "adapter"
     if c.weight_transport != "auto":
         return c.weight_transport
     if not c.use_gpu:
@@ -101,5 +120,7 @@ def make_transport(cfg, learner: LearnerRanks, rollout: RolloutPool) -> WeightTr
     name = resolve_transport(cfg)
     if name == "object_store":
         return ObjectStoreTransport(cfg.model.rollout_dtype)
+    if name == "adapter":
+        return AdapterTransport(cfg.model.rollout_dtype)
     c = cfg.cluster
     return VllmTransferTransport(name, learner, rollout, c.rollout_tp, c.push_timeout_s)

@@ -299,7 +299,8 @@ class LearnerActor:
         tally = _Tally()
         # Model FLOPs: a forward and backward per micro-batch, one forward per fixed pass. The
         # backward is two forwards' worth (gradients of the inputs and of the weights), one
-        # with LoRA: frozen weights get no gradient (the adapters' own FLOPs are left out).
+        # with LoRA: frozen weights get no gradient (the forward counts the adapters' matmuls,
+        # their weight gradients, a few percent, are left out).
         backward = 1 if self.learner.lora.rank else 2
         passes = 1 + backward + (old is not None) + (ref is not None)
         tally.flops = passes * sum(self._forward_flops(mb) for mb in data.micro)
@@ -470,6 +471,13 @@ class LearnerActor:
         returns the bucket refs, the others an empty list."""
         return export.object_store_buckets(
             self.engine.module, self.learner.zero_stage, self.rank, dtype, bucket_mb
+        )
+
+    def export_adapter(self, dtype: str) -> list:
+        """`learner.lora.push=adapter`: the adapters alone in Ray's object store, converted to
+        the engines' dtype (all ranks call; rank 0 returns [ref])."""
+        return export.object_store_adapter(
+            self.engine.module, self.learner.zero_stage, self.rank, dtype
         )
 
     def init_weight_transfer(

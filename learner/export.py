@@ -59,6 +59,20 @@ def object_store_buckets(
     return refs
 
 
+def object_store_adapter(module: torch.nn.Module, zero_stage: int, rank: int, dtype: str) -> list:
+    """Put a LoRA learner's adapters in Ray's object store as one object, (adapter config,
+    {name: tensor in `dtype`}) as a PEFT folder holds them (`lora.adapter_files`). All ranks must
+    call it; rank 0 returns [ref], the others an empty list."""
+    import ray
+
+    config, tensors = lora.adapter_files(module, zero_stage)
+    if rank != 0:
+        return []
+    torch_dtype = getattr(torch, dtype)
+    tensors = {k: v.to("cpu", torch_dtype).contiguous() for k, v in tensors.items()}
+    return [ray.put((config, tensors))]
+
+
 def parameter_shapes(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """(name, full shape) of what `full_parameters` yields, in its order, without gathering."""
     if lora.is_lora(module):

@@ -114,3 +114,15 @@ def adapter_state(module: torch.nn.Module, zero_stage: int) -> dict[str, torch.T
             with deepspeed.zero.GatheredParameters([param], enabled=zero_stage == 3):
                 state[name] = param.data.detach().clone()
     return state
+
+
+def adapter_files(module: torch.nn.Module, zero_stage: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """What a PEFT adapter folder holds, in memory: `adapter_config.json`'s content and the
+    tensors of `adapter_model.safetensors` under PEFT's saved names (all ranks must call under
+    ZeRO-3). vLLM's LoRA support loads such a folder."""
+    import peft
+
+    tensors = peft.get_peft_model_state_dict(module, state_dict=adapter_state(module, zero_stage))
+    config = module.peft_config[ADAPTER].to_dict()
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    return config, tensors

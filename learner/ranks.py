@@ -85,6 +85,12 @@ class LearnerRanks:
         futures = [r.export_weights.remote(dtype) for r in self.ranks]
         return get_within(futures, self.push_timeout_s, "learner rank", "export")[0]
 
+    def export_adapter(self, dtype: str) -> list:
+        """[ref] of the LoRA adapters (see `LearnerActor.export_adapter`), within the push
+        deadline like `export_weights`."""
+        futures = [r.export_adapter.remote(dtype) for r in self.ranks]
+        return get_within(futures, self.push_timeout_s, "learner rank", "export")[0]
+
     def sequence_logprobs(
         self, prompt_ids: list[int], completion_ids: list[int], reference: bool = False
     ) -> list[float]:

@@ -11,7 +11,9 @@ j), so its samples depend on the seed and the weights only, not on the engine or
 the engine runs. The learner divides its logits by the same temperature but does not apply
 top-p, so with top-p < 1 the two distributions differ on the tail (`train/mismatch_kl` shows
 how much; `algorithm.sampler_correction` corrects for it). After `load_weights` the prefix
-cache is cleared, so no KV computed with old weights is reused. On GPUs an engine spans
+cache is cleared, so no KV computed with old weights is reused. With `learner.lora.push=adapter`
+the base weights stay and each push brings a new LoRA adapter (`load_adapter`); a group keeps
+the adapter, and the version, it started with. On GPUs an engine spans
 `cluster.rollout_tp` devices (vLLM's tensor parallelism over Ray). On CPU the engine runs
 without chunked prefill: a prompt cut over two steps makes vLLM rewind a seeded generator,
 which the CPU generator cannot (`RuntimeError: CPU Generator does not use offset`).
@@ -19,13 +21,19 @@ which the CPU generator cannot (`RuntimeError: CPU Generator does not use offset
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import itertools
+import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
 from core.config import Config, parse_cores
+from core.config.training import VLLM_LORA_RANKS
 from core.records import EngineReport, Group, GroupRequest, Sample
 
 
@@ -54,6 +62,10 @@ def engine_env(cfg: Config, engine_index: int = 0) -> dict[str, str]:
 @dataclass
 class _Running:
     request: GroupRequest
+    adapter: object = None
+    """The LoRARequest the group was sampled with (`learner.lora.push=adapter`), else None."""
+    version: int = 0
+    """The policy version of that adapter."""
     steps: int = 0
     """Engine steps since it was added: each gives every sequence at most one token."""
 
@@ -116,6 +128,14 @@ class RolloutActor:
                 gloo_transfer.register()  # the worker runs in this process (engine_env)
                 backend = gloo_transfer.BACKEND
             gpu_options["weight_transfer_config"] = WeightTransferConfig(backend=backend)
+        if weight_transport == "adapter":  # LoRA adapters served on the unchanged base
+            rank = cfg.learner.lora.rank
+            gpu_options |= {
+                "enable_lora": True,
+                "max_lora_rank": min(r for r in VLLM_LORA_RANKS if r >= rank),
+                # Groups sampled before a push finish with the adapter they started with.
+                "max_loras": 2,
+            }
         if c.use_gpu:
             if c.rollout_tp > 1:
                 gpu_options |= {
@@ -150,6 +170,11 @@ class RolloutActor:
         self.running: dict[str, _Running] = {}
         """The engine's unfinished groups by vLLM request id."""
         self.request_ids = itertools.count()
+        self.adapter = None
+        """`learner.lora.push=adapter`: the LoRARequest of the latest adapter (None: the base)."""
+        self.adapter_dir = tempfile.mkdtemp(prefix=f"cohort-adapters-{engine_index}-")
+        atexit.register(shutil.rmtree, self.adapter_dir, ignore_errors=True)
+        self.adapter_ids = itertools.count(1)
 
     def run(
         self, add: list[GroupRequest], abort: list[int] = (), max_s: float = 1.0
@@ -178,8 +203,9 @@ class RolloutActor:
                 output_kind=RequestOutputKind.FINAL_ONLY,
             )
             rid = f"{req.key}-{next(self.request_ids)}"
-            engine.add_request(rid, {"prompt_token_ids": req.prompt.token_ids}, params)
-            self.running[rid] = _Running(req)
+            prompt = {"prompt_token_ids": req.prompt.token_ids}
+            engine.add_request(rid, prompt, params, lora_request=self.adapter)
+            self.running[rid] = _Running(req, adapter=self.adapter, version=self.version)
         finished, tokens = [], 0
         t0 = time.perf_counter()
         while self.running and not finished and time.perf_counter() - t0 < max_s:
@@ -189,18 +215,24 @@ class RolloutActor:
             for out in outputs:
                 if not out.finished or out.request_id not in self.running:
                     continue
-                req = self.running.pop(out.request_id).request
-                samples = [self._sample(c) for c in sorted(out.outputs, key=lambda c: c.index)]
+                running = self.running.pop(out.request_id)
+                req = running.request
+                # A whole group comes from one adapter; reloaded weights apply at once.
+                version = running.version if running.adapter else self.version
+                outputs_ = sorted(out.outputs, key=lambda c: c.index)
+                samples = [self._sample(c, version) for c in outputs_]
                 finished.append((req.key, Group(req.prompt, samples)))
                 tokens += sum(len(x.completion_token_ids) for x in samples)
+        if finished:
+            self._drop_unused_adapters()
         load = sum(r.tokens_left() for r in self.running.values())
         return EngineReport(finished, time.perf_counter() - t0, tokens, load)
 
-    def _sample(self, c) -> Sample:
+    def _sample(self, c, version: int) -> Sample:
         ids = list(c.token_ids)
         # With logprobs=0 each position's dict holds the sampled token (and nothing else).
         logprobs = [pos[tok].logprob for tok, pos in zip(ids, c.logprobs)]
-        return Sample(ids, c.text, logprobs, c.finish_reason or "stop", self.version)
+        return Sample(ids, c.text, logprobs, c.finish_reason or "stop", version)
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (for the placement report)."""
@@ -209,8 +241,48 @@ class RolloutActor:
         return ray.get_runtime_context().get_node_id()
 
     def weights_checksum(self) -> str:
-        """SHA-256 over every weight of the engine's model, in name order (exact equality)."""
-        return self.llm.collective_rpc("cohort_weights_checksum")[0]
+        """SHA-256 over every weight of the engine's model, in name order, and the adapter it
+        serves (exact equality)."""
+        digest = self.llm.collective_rpc("cohort_weights_checksum")[0]
+        if self.adapter is None:
+            return digest
+        weights = os.path.join(self.adapter.lora_path, "adapter_model.safetensors")
+        with open(weights, "rb") as f:
+            return hashlib.sha256(digest.encode() + f.read()).hexdigest()
+
+    def load_adapter(self, adapter: tuple[dict, dict], version: int) -> None:
+        """`learner.lora.push=adapter`: serve `adapter` ((config, tensors), see
+        `learner/export.py`; Ray resolves the pushed object reference) on the base model from
+        now on, for policy `version`. Written as a PEFT folder (vLLM loads adapters from
+        folders); the previous adapter is removed once no running group uses it."""
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        hang_s, self.hang_s = self.hang_s, 0.0
+        config, tensors = adapter
+        time.sleep(hang_s)  # fault injection (hang_in_next_load)
+        # A new id for every load (a healing push repeats a version); vLLM's ids start at 1.
+        lora_id = next(self.adapter_ids)
+        folder = os.path.join(self.adapter_dir, str(lora_id))
+        os.makedirs(folder)
+        save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
+        with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+            json.dump(config, f)
+        request = LoRARequest(f"policy-v{version}", lora_id, folder)
+        self.llm.llm_engine.add_lora(request)
+        # vLLM's prefix cache is kept per adapter: nothing cached under the old one is reused.
+        self.adapter, self.version = request, version
+        self._drop_unused_adapters()
+
+    def _drop_unused_adapters(self) -> None:
+        """Unload the adapters that are neither the latest nor sampling a running group."""
+        if self.adapter is None:
+            return
+        in_use = {r.adapter.lora_int_id for r in self.running.values() if r.adapter is not None}
+        engine = self.llm.llm_engine
+        for old in engine.list_loras() - in_use - {self.adapter.lora_int_id}:
+            engine.remove_lora(old)
+            shutil.rmtree(os.path.join(self.adapter_dir, str(old)), ignore_errors=True)
 
     def load_weights(self, refs: list, version: int) -> None:
         """Reload all weights from object-store buckets (see `WeightReceiver`)."""
@@ -285,6 +357,7 @@ class RolloutActor:
             raise RuntimeError("sequence_logprobs called while groups are running; wait for them")
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         ids = prompt_ids + completion_ids
-        out = self.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+        prompt = [{"prompt_token_ids": ids}]
+        out = self.llm.generate(prompt, params, use_tqdm=False, lora_request=self.adapter)[0]
         positions = out.prompt_logprobs[len(prompt_ids) :]
         return [pos[tok].logprob for tok, pos in zip(completion_ids, positions)]

@@ -113,6 +113,11 @@ class RolloutPool:
         futures = [a.load_weights.remote(refs, version) for a in self.actors]
         get_within(futures, self.cfg.cluster.push_timeout_s, "rollout engine", "load")
 
+    def load_adapter(self, ref, version: int) -> None:
+        """`learner.lora.push=adapter`: every engine serves the adapters in `ref` from now on."""
+        futures = [a.load_adapter.remote(ref, version) for a in self.actors]
+        get_within(futures, self.cfg.cluster.push_timeout_s, "rollout engine", "load")
+
     def hang_in_next_load(self, engine: int, seconds: float) -> None:
         """Fault injection: engine `engine` stops answering for `seconds` in its next load."""
         ray.get(self.actors[engine].hang_in_next_load.remote(seconds))

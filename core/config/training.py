@@ -30,6 +30,8 @@ def parse_cores(spec: str) -> list[int]:
 
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """The attention and MLP projections of Llama-, Qwen- and Mistral-style models."""
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM's `max_lora_rank` takes; it serves adapters of any rank up to it."""
 
 
 @dataclass
@@ -47,6 +49,12 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_LAYERS))
     """Names of the linear layers that get adapters (the last part of the module name), or
     `[all-linear]` for every linear layer but the output head."""
+    push: Literal["merged", "adapter"] = "merged"
+    """What the engines get after each update: `merged`, the base weights plus the adapters'
+    update, on any transport; `adapter`, the adapters alone (a few percent of the bytes), served
+    by vLLM's LoRA support on the unchanged base (the engine is started with `enable_lora`;
+    pushed through Ray's object store whatever `cluster.weight_transport` says). Generation
+    with an adapter costs some speed: docs/speed.md."""
 
     def check(self, key: str) -> None:
         require(self.rank >= 0, key + ".rank", self.rank, "must be >= 0 (0 = no LoRA)")
@@ -57,6 +65,13 @@ class LoraConfig:
             key + ".target_modules",
             self.target_modules,
             "name at least one layer, e.g. [q_proj, v_proj], or [all-linear]",
+        )
+        require(
+            self.push == "merged" or self.rank <= max(VLLM_LORA_RANKS),
+            key + ".rank",
+            self.rank,
+            f"vLLM serves adapters up to rank {max(VLLM_LORA_RANKS)}; push merged weights "
+            f"({key}.push=merged) or lower the rank",
         )
 
     @property
@@ -102,6 +117,14 @@ class LearnerConfig:
 
     def check(self, cfg: Config) -> None:
         self.lora.check("learner.lora")
+        require(
+            not (self.lora.rank and self.lora.push == "adapter")
+            or cfg.cluster.weight_transport in ("auto", "object_store"),
+            "learner.lora.push",
+            self.lora.push,
+            f"adapters go through Ray's object store, not cluster.weight_transport="
+            f"{cfg.cluster.weight_transport}; set that to auto, or push merged weights",
+        )
         require(self.world_size >= 1, "learner.world_size", self.world_size, "must be >= 1")
         require(
             self.zero_stage in (0, 1, 2, 3), "learner.zero_stage", self.zero_stage, "must be 0-3"

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cluster.transport import make_transport
+from cluster.transport import make_transport, resolve_transport
+from core.records import Prompt
 from learner.ranks import LearnerRanks
 from rollout.pool import RolloutPool
 from tests.conftest import scored
@@ -131,17 +132,33 @@ def test_a_checkpoint_holds_the_adapters_and_resumes_exactly(trained, tmp_path):
     assert all(torch.equal(v, after[k]) for k, v in params(learner).items())
 
 
-def test_a_push_makes_the_engine_score_as_the_learner(trained, tiny_model, ids):
+@pytest.mark.parametrize("push", ["merged", "adapter"])
+def test_a_push_makes_the_engine_score_as_the_learner(trained, tiny_model, ids, push):
+    """`merged`: the engine reloads base + update; `adapter`: it keeps the base and serves the
+    pushed adapters as a vLLM LoRA request. Either way it then scores a fixed completion as the
+    learner does, and so do the samples it draws (tagged with the pushed version)."""
     learner, _, _, _ = trained
     prompt_ids, completion_ids = ids
-    cfg = config(tiny_model, *LORA, "model.rollout_dtype=float32")
-    engine = RolloutPool(cfg, tiny_model, "lora-engine")
+    cfg = config(tiny_model, *LORA, "model.rollout_dtype=float32", f"learner.lora.push={push}")
+    engine = RolloutPool(cfg, tiny_model, f"lora-{push}", weight_transport=resolve_transport(cfg))
     try:
         before = engine.sequence_logprobs(prompt_ids, completion_ids)[0]
-        make_transport(cfg, learner, engine).push(learner, engine, version=1)
+        transport = make_transport(cfg, learner, engine)
+        transport.push(learner, engine, version=7)
         after = torch.tensor(engine.sequence_logprobs(prompt_ids, completion_ids)[0])
         policy = torch.tensor(learner.sequence_logprobs(prompt_ids, completion_ids))
         assert float((after - policy).abs().max()) < 2e-4  # float32: summation order only
         assert float((after - torch.tensor(before)).abs().max()) > 1e-2
+        prompt = Prompt("p", "q", prompt_ids, "5")
+        [group] = engine.generate([prompt], n=2, temperature=1.0, seed=3)
+        for s in group.samples:
+            assert s.policy_version == 7
+            mine = learner.sequence_logprobs(prompt_ids, s.completion_token_ids)
+            assert max(abs(a - b) for a, b in zip(s.logprobs, mine)) < 2e-4
+        if push == "adapter":  # a second push replaces the first adapter
+            transport.push(learner, engine, version=8)
+            [group] = engine.generate([prompt], n=1, temperature=1.0, seed=3)
+            assert group.samples[0].policy_version == 8
+            assert len(set(engine.weights_checksums())) == 1
     finally:
         engine.shutdown()
