@@ -4,7 +4,7 @@ Workload: the demo model (SmolLM2-135M-Instruct, float32 learner), one batch of 
 G=8 samples (45 prompt tokens, 24 completion tokens, as the demo's), micro-batches of 16, AdamW,
 one update per batch, rank-16 adapters on every projection (configs/lora.yaml).
 
-    python benchmarks/lora.py [--steps 3] [--threads 2]
+    python benchmarks/lora.py [--steps 3] [--threads 2] [--engine]
 
 Each case runs in a fresh process (so its peak memory is its own): one learner rank built as the
 driver builds it, one warm-up step, then `--steps` timed steps on the same batch. Per case it
@@ -13,6 +13,11 @@ learner holds in weights, gradients, optimizer state and a reference copy, and w
 push moves: the seconds to put the merged bfloat16 weights in Ray's object store (the
 `object_store` transport's learner side) and their bytes, against the bytes of the adapters
 alone. Then the ratios, and as its last line one JSON object.
+
+`--engine` measures the sampler side instead: the demo's bfloat16 vLLM engine on this CPU
+generating P x G samples of exactly 24 tokens with merged weights (LoRA off), then an engine
+started with `enable_lora` generating the same with a rank-16 adapter as a LoRA request (what
+`learner.lora.push=adapter` runs), and the seconds to load that adapter.
 """
 
 from __future__ import annotations
@@ -167,29 +172,87 @@ def one_case(name: str, steps: int, threads: int) -> dict:
     }
 
 
+def engine_case() -> dict:
+    """Runs in its own process: tokens per second without and with a LoRA adapter."""
+    os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="2")
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from cluster.models import resolve_model
+
+    path = resolve_model("smollm2-135m-instruct")
+    folder = tempfile.mkdtemp()
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapter = LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False)
+    get_peft_model(base, adapter).save_pretrained(folder)
+    rng = random.Random(0)
+    prompts = [{"prompt_token_ids": [rng.randrange(100, 40000) for _ in range(PROMPT_TOKENS)]}
+               for _ in range(PROMPTS)]  # fmt: skip
+    params = SamplingParams(n=GROUP, max_tokens=COMPLETION_TOKENS, min_tokens=COMPLETION_TOKENS,
+                            temperature=1.0, seed=0)  # fmt: skip
+    common = dict(dtype="bfloat16", max_model_len=256, enforce_eager=True, seed=0,
+                  enable_chunked_prefill=False, max_num_batched_tokens=4096)  # fmt: skip
+
+    def tokens_per_s(llm, **kwargs) -> float:
+        llm.generate(prompts[:1], params, use_tqdm=False, **kwargs)  # warm-up
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False, **kwargs)
+        tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+        return tokens / (time.perf_counter() - t0)
+
+    llm = LLM(path, **common)
+    merged = tokens_per_s(llm)
+    del llm
+    llm = LLM(path, enable_lora=True, max_lora_rank=16, max_loras=2, **common)
+    request = LoRARequest("bench", 1, folder)
+    t0 = time.perf_counter()
+    llm.llm_engine.add_lora(request)
+    load_s = time.perf_counter() - t0
+    with_adapter = tokens_per_s(llm, lora_request=request)
+    return {"merged_tokens_per_s": merged, "adapter_tokens_per_s": with_adapter,
+            "adapter_load_s": load_s, "threads": torch.get_num_threads()}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engine", action="store_true", help="measure generation instead")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args()
+    if args.case == "engine":
+        print("RESULT " + json.dumps(engine_case()), flush=True)
+        return
     if args.case:
         print("RESULT " + json.dumps(one_case(args.case, args.steps, args.threads)), flush=True)
         return
+    if args.engine:
+        r = child(["--case", "engine"], "engine")
+        print(
+            f"generation, {PROMPTS} x {GROUP} samples of {COMPLETION_TOKENS} tokens: merged "
+            f"{r['merged_tokens_per_s']:.1f} tokens/s, with a rank-16 adapter "
+            f"{r['adapter_tokens_per_s']:.1f} tokens/s (x"
+            f"{r['adapter_tokens_per_s'] / r['merged_tokens_per_s']:.2f}); adapter load "
+            f"{r['adapter_load_s']:.2f} s"
+        )
+        print(json.dumps(r))
+        return
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     results = []
     for name in CASES:
         print(f"{name}: building and timing {args.steps} steps...", flush=True)
-        cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps),
-               "--threads", str(args.threads)]  # fmt: skip
-        proc = subprocess.run(
-            cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        results.append(
+            child(
+                ["--case", name, "--steps", str(args.steps), "--threads", str(args.threads)], name
+            )
         )
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}")
-        results.append(json.loads(lines[-1][len("RESULT ") :]))
 
     cols = ["case", "train_s", "step_peak_rss_mib", "weights_mib", "grads_mib", "optimizer_mib",
             "reference_mib", "trained_params", "push_export_s", "push_mib",
@@ -210,6 +273,17 @@ def main() -> None:
             f"{lo['adapter_mib'] / lo['push_mib']:.3f}"
         )
     print(json.dumps(results))
+
+
+def child(args: list[str], name: str) -> dict:
+    """This script with `args` in a fresh process; its RESULT line."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, __file__, *args]
+    proc = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def state(r: dict) -> float:

@@ -71,6 +71,9 @@ def test_overrides_are_typed_and_nested():
         ("cluster.push_timeout_s=0", "cluster.push_timeout_s=0.0: must be > 0 seconds (a push"),
         ("cluster.push_timeout_s=-5", "cluster.push_timeout_s=-5.0: must be > 0 seconds"),
         ("rollout", "override 'rollout' must look like key.sub=value"),
+        ("learner.lora.rank=-1", "learner.lora.rank=-1: must be >= 0 (0 = no LoRA)"),
+        ("learner.lora.dropout=1", "learner.lora.dropout=1.0: must be in [0, 1)"),
+        ("learner.lora.push=delta", "learner.lora.push='delta' is not one of 'merged', 'adapt"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -154,3 +157,23 @@ def test_yaml_off_is_the_word_off_for_a_choice(tmp_path):
     path.write_text("reward:\n  isolation: off\n")
     assert load_config(path).reward.isolation == "off"
     assert load_config("configs/smoke.yaml", ["reward.isolation=off"]).reward.isolation == "off"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["learner.lora.target_modules=[]"], "learner.lora.target_modules=[]: name at least one"),
+        (
+            ["learner.lora.push=adapter", "cluster.weight_transport=gloo"],
+            "learner.lora.push='adapter': adapters go through Ray's object store, not cluster.we",
+        ),
+        (
+            ["learner.lora.push=adapter", "learner.lora.rank=1024"],
+            "learner.lora.rank=1024: vLLM serves adapters up to rank 512; push merged weights",
+        ),
+    ],
+)
+def test_lora_settings_that_cannot_work_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/smoke.yaml", ["learner.lora.rank=16", *overrides])
+    assert message in str(e.value)
