@@ -71,14 +71,27 @@ def export(run_dir: Path, out: Path, which: str = "auto", adapter: bool = False)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if (source / "config.json").is_file():  # the final policy/, and adapter/ beside it
-            shutil.copytree(run_dir / "adapter" if adapter else source, tmp)
+            shutil.copytree(_final_adapter(run_dir) if adapter else source, tmp)
         else:
             _from_checkpoint(cfg, source, tmp, adapter)
-        validate_adapter(tmp) if adapter else validate_folder(tmp)
+        if adapter:
+            validate_adapter(tmp)
+        else:
+            validate_folder(tmp)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _final_adapter(run_dir: Path) -> Path:
+    folder = run_dir / "adapter"
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} holds no adapter (the run ended before writing it); export a checkpoint's "
+            "adapters with --checkpoint latest --adapter"
+        )
+    return folder
 
 
 def _from_checkpoint(cfg: Config, ckpt: Path, out: Path, adapter: bool) -> None:
