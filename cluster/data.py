@@ -28,6 +28,7 @@ from typing import Any
 
 from core.config import DataConfig, DataSourceConfig
 from core.records import Prompt
+from environments.tool_env import describe_tools
 
 
 class DataError(ValueError):
@@ -259,10 +260,16 @@ def _check_messages(messages: list, key: str) -> None:
 
 
 def load_prompts(
-    name: str, src: DataSourceConfig, data: DataConfig, tokenizer, report: LoadReport | None = None
+    name: str,
+    src: DataSourceConfig,
+    data: DataConfig,
+    tokenizer,
+    report: LoadReport | None = None,
+    tools: list[dict] | None = None,
 ) -> list[Prompt]:
     """Build tokenised prompts for source `name` (`train` or `eval`); `report` (filled in, and
-    printed when something was dropped) says what was kept and dropped."""
+    printed when something was dropped) says what was kept and dropped; `tools`: the JSON
+    schemas of the tools the model may call (multi-turn)."""
     report = report if report is not None else LoadReport()
     report.source, report.skip_bad = name, data.on_bad_row == "skip"
     report.max_prompt_tokens = data.max_prompt_tokens
@@ -277,7 +284,7 @@ def load_prompts(
     for i, (where, row) in enumerate(rows):
         messages, text = _messages(row["prompt"], data)
         try:
-            ids = render(tokenizer, messages, template)
+            ids = render(tokenizer, messages, template, tools)
         except Exception as e:  # jinja2 raises TemplateError, templates raise their own
             report.reject(
                 where,
@@ -312,15 +319,38 @@ def chat_template(data: DataConfig) -> str | None:
     return value
 
 
-def render(tokenizer, messages: list[dict], template: str | None) -> list[int]:
-    """Token ids of `messages` after the chat template, ending with the generation prompt."""
+def render(
+    tokenizer, messages: list[dict], template: str | None, tools: list[dict] | None = None
+) -> list[int]:
+    """Token ids of `messages` after the chat template, ending with the generation prompt. With
+    `tools`, the template shows them; one that ignores tools gets them in the system message,
+    in the hermes format (`environments.tool_env.describe_tools`)."""
     if template == "none":
         text = "\n\n".join(m["content"] for m in messages)
     else:
-        text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, chat_template=template
-        )
+
+        def apply(messages: list[dict], tools: list[dict] | None) -> str:
+            return tokenizer.apply_chat_template(
+                messages,
+                tools=tools,
+                add_generation_prompt=True,
+                tokenize=False,
+                chat_template=template,
+            )
+
+        text = apply(messages, tools or None)
+        if tools and text == apply(messages, None):
+            messages = with_system(messages, describe_tools(tools))
+            text = apply(messages, None)
     return tokenizer(text, add_special_tokens=template == "none")["input_ids"]
+
+
+def with_system(messages: list[dict], text: str) -> list[dict]:
+    """`messages` with `text` added to the system message (a new one first if none)."""
+    if messages and messages[0]["role"] == "system":
+        first = {"role": "system", "content": messages[0]["content"] + "\n\n" + text}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def _messages(prompt: str | list, data: DataConfig) -> tuple[list[dict], str]:
@@ -335,11 +365,14 @@ def _messages(prompt: str | list, data: DataConfig) -> tuple[list[dict], str]:
     return messages, text
 
 
-def load_datasets(data: DataConfig, tokenizer, run_dir: Path | None = None):
-    """Train and eval prompts; the load reports go to `<run_dir>/data_report.json`."""
+def load_datasets(
+    data: DataConfig, tokenizer, run_dir: Path | None = None, tools: list[dict] | None = None
+):
+    """Train and eval prompts (showing `tools`, the tool schemas, when given); the load reports
+    go to `<run_dir>/data_report.json`."""
     reports = {"train": LoadReport(), "eval": LoadReport()}
-    train = load_prompts("train", data.train, data, tokenizer, reports["train"])
-    evals = load_prompts("eval", data.eval, data, tokenizer, reports["eval"])
+    train = load_prompts("train", data.train, data, tokenizer, reports["train"], tools)
+    evals = load_prompts("eval", data.eval, data, tokenizer, reports["eval"], tools)
     if run_dir is not None:
         summary = {k: asdict(r) for k, r in reports.items()}
         (Path(run_dir) / "data_report.json").write_text(json.dumps(summary, indent=1))

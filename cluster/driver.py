@@ -23,6 +23,7 @@ from cluster.evaluation import evaluate
 from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, perf_metrics, rollout_metrics
 from cluster.models import resolve_model
+from cluster.multi_turn import conversations_factory, log_tool_failures, multi_turn_metrics
 from cluster.overlap import BatchSource
 from cluster.placement import report, reserve
 from cluster.ray_setup import connect_ray
@@ -30,6 +31,7 @@ from cluster.transport import make_transport, resolve_transport
 from core import faults
 from core.config import Config, dump_yaml, reward_function_name
 from core.pools import start_together
+from environments.loading import tool_schemas
 from learner.ranks import LearnerRanks
 from reward.pool import RewardPool
 from reward.scoring import reward_metrics
@@ -60,7 +62,9 @@ def train(cfg: Config) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_prompts, eval_prompts = load_datasets(cfg.data, tokenizer, run_dir)
+    tools = tool_schemas(cfg.rollout.environment, Path.cwd())  # multi-turn: shown in prompts
+    train_prompts, eval_prompts = load_datasets(cfg.data, tokenizer, run_dir, tools)
+    conversations = conversations_factory(cfg, model_path, tokenizer, Path.cwd())
     if cfg.data.epochs:
         t.steps = steps_for_epochs(cfg, len(train_prompts))
     if not resume_from:  # the config this run uses, trainer.steps from data.epochs included
@@ -83,6 +87,7 @@ def train(cfg: Config) -> Path:
         learner=lambda: LearnerRanks(cfg, model_path, run_id, placement),
     )
     rollout, rewards, learner = pools["rollout"], pools["rewards"], pools["learner"]
+    rollout.conversations = conversations  # None: single-turn groups
     for name, layers in rewards.isolation.items():
         print(f"reward sandbox of {name}: {', '.join(layers) or 'none'}", flush=True)
     (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))
@@ -127,6 +132,9 @@ def train(cfg: Config) -> Path:
         row |= staleness(batch.groups, learner_version=step - 1)
         row |= train_metrics | health.metrics() | timer.metrics() | gen_times
         row |= perf_metrics(row, peak["peak_flops_per_s"])
+        if conversations:
+            row |= multi_turn_metrics(groups)
+            log_tool_failures(cfg, run_dir, step, groups)
         if cfg.cluster.verify_weights:
             row |= weight_check(rollout)
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
@@ -210,4 +218,7 @@ def write_samples(path: Path, step: int, groups, scores) -> None:
                     "completion": s.text,
                     **dataclasses.asdict(sc),
                 }
+                if s.messages:  # multi-turn: the whole conversation, with roles
+                    record |= {"messages": s.messages, "turns": s.turns}
+                    record |= {"finish_reason": s.finish_reason, "tool_calls": s.tool_calls}
                 f.write(json.dumps(record) + "\n")

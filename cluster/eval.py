@@ -73,8 +73,13 @@ def evaluate_model(
 
     if not cfg.reward.accuracy_function:
         raise ValueError("cohort eval needs reward.accuracy_function (which function says right)")
+    from cluster.multi_turn import conversations_factory
+    from environments.loading import tool_schemas
+
     tokenizer = AutoTokenizer.from_pretrained(model)
-    prompts = load_prompts("eval", cfg.data.eval, cfg.data, tokenizer)
+    tools = tool_schemas(cfg.rollout.environment, Path.cwd())
+    prompts = load_prompts("eval", cfg.data.eval, cfg.data, tokenizer, tools=tools)
+    conversations = conversations_factory(cfg, model, tokenizer, Path.cwd())
     prompts = prompts[:limit] if limit else prompts
     connect_ray(cfg)
     t0 = time.perf_counter()
@@ -89,6 +94,7 @@ def evaluate_model(
         ),
     )
     rollout, rewards = pools["rollout"], pools["rewards"]
+    rollout.conversations = conversations
     try:
         health = Health(cfg, rollout, rewards)
         report = pass_at_k_report(cfg, health.rollout, health.rewards, prompts, k, n, temperature)

@@ -39,7 +39,20 @@ class Sample:
     finish_reason: str
     """`stop` (end of sequence or a stop string) or `length` (hit `max_new_tokens`)."""
     policy_version: int
-    """Version of the weights that generated it: 0 = initial, +1 per weight push."""
+    """Version of the weights that generated it: 0 = initial, +1 per weight push (a multi-turn
+    trajectory: the version of its first turn)."""
+    loss_mask: list[int] = field(default_factory=list)
+    """Multi-turn trajectories: 1 per completion token the model generated, 0 per token an
+    environment or tool added (kept in the context, left out of the loss, the KL and the
+    entropy; their `logprobs` are 0). Empty: every token was generated (a single turn)."""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """Multi-turn: the conversation after the prompt, `{"role", "content"}` per turn
+    (assistant turns as the model wrote them, environment and tool replies as they came)."""
+    turns: int = 1
+    """Model turns in the trajectory."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """Multi-turn: every tool call, `{"name", "outcome", "input", "error"}`; outcome is `ok` or
+    a failure kind (`environments.tools.FAILURE_KINDS`)."""
 
 
 @dataclass

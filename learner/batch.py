@@ -4,7 +4,8 @@ micro-batches (`rank_batch`).
 
 Guarantees: sequences are prompt + completion with every completion starting at the same
 column; `mask[b, t]` is 1 exactly where `targets[b, t]` is a completion token of a usable
-sample, so prompt tokens, padding and excluded samples never reach the loss. Micro-batches
+sample that the model generated, so prompt tokens, environment and tool replies of a
+multi-turn trajectory, padding and excluded samples never reach the loss. Micro-batches
 are lists of flat sample indices: fixed-size runs in sample order, or, under a token budget,
 each rank's mini-batch sorted by length and cut so that rows x longest row fits the budget,
 with the same number of micro-batches on every rank and no sample leaving its mini-batch.
@@ -13,7 +14,7 @@ Not covered: packing several sequences into one row (padding within a micro-batc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +31,16 @@ class FlatSample:
     valid: bool
     """The sample's tokens enter the loss (its reward did not fail, and it is not a truncated
     completion left out by `algorithm.mask_truncated`)."""
+    loss_mask: list[int] = field(default_factory=list)
+    """Multi-turn: 1 per completion token the model generated, 0 per environment token (empty:
+    all generated)."""
+
+    @property
+    def loss_tokens(self) -> int:
+        """Completion tokens that enter the loss."""
+        if not self.valid:
+            return 0
+        return sum(self.loss_mask) if self.loss_mask else len(self.completion_ids)
 
 
 @dataclass
@@ -66,6 +77,7 @@ def flatten(
             completion_ids=s.completion_token_ids,
             sampler_logprobs=s.logprobs,
             valid=valid[i][j] and not (mask_truncated and s.finish_reason == "length"),
+            loss_mask=s.loss_mask,
         )
         for i, g in enumerate(groups)
         for j, s in enumerate(g.samples)
@@ -86,6 +98,8 @@ def collate(samples: list[FlatSample], pad_id: int) -> MicroBatch:
         input_ids[i, p - n_p : p + n_c] = torch.tensor(s.prompt_ids + s.completion_ids)
         attention[i, p - n_p : p + n_c] = 1
         mask[i, :n_c] = float(s.valid)
+        if s.loss_mask:  # multi-turn: environment tokens are context only
+            mask[i, :n_c] *= torch.tensor(s.loss_mask, dtype=mask.dtype)
         sampler[i, :n_c] = torch.tensor(s.sampler_logprobs[:n_c])
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, L]
     return MicroBatch(
@@ -248,5 +262,5 @@ def rank_batch(samples: list[FlatSample], plan: BatchPlan, rank: int, pad_id: in
     lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
     micro_indices = plan.micro_batches(rank, lengths)
     micro = [collate([samples[i] for i in ids], pad_id) for ids in micro_indices]
-    loss_tokens = [len(s.completion_ids) if s.valid else 0 for s in samples]
+    loss_tokens = [s.loss_tokens for s in samples]
     return RankBatch(plan, micro_indices, micro, loss_tokens)

@@ -52,9 +52,14 @@ class RewardFunction:
         self.inputs = optional_inputs(self.fn)
 
 
-OPTIONAL_INPUTS = ("num_tokens", "finish_reason")
-"""Keyword arguments a function receives only when its signature names them (a batched function:
-`num_tokens` / `finish_reasons`, as lists)."""
+OPTIONAL_INPUTS = {
+    "num_tokens": "num_tokens",
+    "finish_reason": "finish_reasons",
+    "messages": "conversations",
+}
+"""Keyword arguments a function receives only when its signature names them, and the name a
+batched function gets them under, as lists. `messages`: a multi-turn trajectory's conversation
+after the prompt (`[{role, content}]`; empty for a single turn)."""
 
 
 def optional_inputs(fn: Any) -> tuple[str, ...]:
@@ -63,7 +68,7 @@ def optional_inputs(fn: Any) -> tuple[str, ...]:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return ()
-    return tuple(n for n in OPTIONAL_INPUTS if n in params or n + "s" in params)
+    return tuple(n for n, plural in OPTIONAL_INPUTS.items() if n in params or plural in params)
 
 
 def user_file(cfg: RewardFunctionConfig, base_dir: Path | None, key: str) -> Path:

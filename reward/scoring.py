@@ -29,7 +29,7 @@ from typing import Any
 
 from core.choices import REWARD_ON_FAILURE
 from core.records import Group, Prompt, Sample, Score
-from reward.functions import RewardFunction
+from reward.functions import OPTIONAL_INPUTS, RewardFunction
 
 ON_FAILURE = REWARD_ON_FAILURE
 KINDS = ("exception", "timeout", "crash", "invalid")
@@ -49,6 +49,7 @@ class CallInput:
     row: dict[str, Any]
     num_tokens: int
     finish_reason: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def of(cls, prompt: Prompt, sample: Sample) -> CallInput:
@@ -59,6 +60,7 @@ class CallInput:
             prompt.fields,
             len(sample.completion_token_ids),
             sample.finish_reason,
+            sample.messages,
         )
 
 
@@ -134,7 +136,7 @@ def call_batched(f: RewardFunction, xs: list[CallInput]) -> list[Outcome]:
     """Call a batched function once on all of `xs`; it returns one value per input, where an
     `Exception` instance marks that input failed. A call that raises or returns a list of the
     wrong length fails every input."""
-    extra = {name + "s": [getattr(x, name) for x in xs] for name in f.inputs}
+    extra = {OPTIONAL_INPUTS[name]: [getattr(x, name) for x in xs] for name in f.inputs}
     t0 = time.perf_counter()
     try:
         values = f.fn(

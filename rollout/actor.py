@@ -117,6 +117,8 @@ class RolloutActor:
 
         r, c = cfg.rollout, cfg.cluster
         max_len = cfg.data.max_prompt_tokens + max(r.max_new_tokens, r.eval_max_new_tokens)
+        if r.environment.enabled:  # a trajectory's turns and replies share one context
+            max_len = max(max_len, r.environment.total_tokens(cfg))
         gpu_options = {}
         if weight_transport in ("nccl", "ipc", "gloo"):
             from vllm.config import WeightTransferConfig

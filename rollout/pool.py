@@ -19,6 +19,7 @@ from core.pools import get_within, replace_dead
 from core.records import Group, Prompt, Sampling
 from rollout.actor import RolloutActor, engine_env
 from rollout.stream import GroupStream, group_seed
+from rollout.turns import Conversations
 
 
 class RolloutPool:
@@ -39,6 +40,9 @@ class RolloutPool:
         self.heal: Callable[[], None] | None = None
         """Set by `cluster/health.py`: restarts dead engines and gives them the current
         weights, so a stream can resend a dead engine's groups; None: a dead engine raises."""
+        self.conversations: Callable[[], Conversations] | None = None
+        """Set by the driver for multi-turn rollouts (`rollout.environment`): a new
+        `Conversations` for each stream; None: single-turn groups."""
         self.actors = [self._start(i) for i in range(cfg.cluster.rollout_engines)]
         ray.get([a.__ray_ready__.remote() for a in self.actors])
 
@@ -76,7 +80,8 @@ class RolloutPool:
         lazily, at most `max_in_flight` groups are running at a time (0: no limit), and each
         goes to the engine with the fewest tokens in flight; `seed_of(key)` seeds the group.
         Closing the stream early aborts what is still running."""
-        return GroupStream(self, iter(prompts), sampling, seed_of, max_in_flight)
+        turns = self.conversations() if self.conversations else None
+        return GroupStream(self, iter(prompts), sampling, seed_of, max_in_flight, turns)
 
     def generate(
         self,

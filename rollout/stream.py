@@ -47,16 +47,24 @@ class GroupStream:
         sampling: Sampling,
         seed_of: Callable[[int], int | None],
         max_in_flight: int,
+        turns=None,
     ):
+        """`turns`: a `rollout.turns.Conversations` for multi-turn trajectories (None: each
+        group is one request)."""
         self.pool, self.prompts, self.sampling, self.seed_of = pool, prompts, sampling, seed_of
-        self.max_in_flight = max_in_flight
+        self.max_in_flight, self.turns = max_in_flight, turns
         engines = len(pool.actors)
         self.load = [0] * engines
         """Tokens in flight per engine (upper bound)."""
         self.queued: list[list[GroupRequest]] = [[] for _ in range(engines)]
         """Groups assigned to an engine whose `run` call has not returned yet."""
         self.owner: dict[int, int] = {}
-        """Engine of every unfinished group, by key."""
+        """Engine of every unfinished request, by key (a multi-turn trajectory's later turns are
+        keyed `(group key, sample, turn)`)."""
+        self.open: set[int] = set()
+        """Groups sent and not finished (what `max_in_flight` counts)."""
+        self.followups: list[tuple[GroupRequest, int]] = []
+        """Multi-turn: next turns ready to send, each to the engine of its previous turn."""
         self.engine_of: dict[int, int] = {}
         """Engine each group was (last) sent to, by key."""
         self.requests: dict[int, GroupRequest] = {}
@@ -96,27 +104,55 @@ class GroupStream:
         self.started = time.perf_counter()
         try:
             self._dispatch()
-            while self.calls:
-                [ref], _ = ray.wait(list(self.calls), num_returns=1)
-                engine = self.calls.pop(ref)
-                try:
-                    report: EngineReport = ray.get(ref)
-                except RayActorError:
-                    self._replace(engine)
-                    continue
-                self.load[engine] = report.load + sum(self._cost(r) for r in self.queued[engine])
-                self.tokens[engine] += report.tokens
-                self.busy_s[engine] += report.busy_s
-                for key, _ in report.finished:
-                    self.owner.pop(key)
-                    self.requests.pop(key)
-                    self.groups_done[engine] += 1
+            while self.calls or (self.turns and self.turns.busy):
+                done = self._collect()
+                self.open.difference_update(key for key, _ in done)
                 self._dispatch()
-                for key, group in report.finished:
-                    yield key, group
+                yield from done
         finally:
             self.ended = time.perf_counter()
+            if self.turns:
+                self.turns.close()
             self._abort_all()
+
+    def _collect(self) -> list[tuple[int, Group]]:
+        """Wait for an engine's report (or, in multi-turn, an environment step) and return the
+        groups that are complete."""
+        done: list[tuple[int, Group]] = []
+        waiting_env = bool(self.turns and self.turns.busy)
+        if self.calls:
+            ready, _ = ray.wait(
+                list(self.calls), num_returns=1, timeout=0.05 if waiting_env else None
+            )
+            if ready:
+                done = self._report(ready[0])
+        else:
+            self.turns.wait(POLL_S)
+        if self.turns:
+            followups, finished = self.turns.poll()
+            self.followups += followups
+            done += finished
+        return done
+
+    def _report(self, ref: ray.ObjectRef) -> list[tuple[int, Group]]:
+        engine = self.calls.pop(ref)
+        try:
+            report: EngineReport = ray.get(ref)
+        except RayActorError:
+            self._replace(engine)
+            return []
+        self.load[engine] = report.load + sum(self._cost(r) for r in self.queued[engine])
+        self.tokens[engine] += report.tokens
+        self.busy_s[engine] += report.busy_s
+        for key, _ in report.finished:
+            self.owner.pop(key)
+            self.requests.pop(key)
+            self.groups_done[engine] += 1
+        if not self.turns:
+            return report.finished
+        for key, group in report.finished:
+            self.turns.add(key, group, engine)
+        return []
 
     def _cost(self, req: GroupRequest) -> int:
         return len(req.prompt.token_ids) + req.sampling.n * req.sampling.max_tokens
@@ -131,26 +167,36 @@ class GroupStream:
             self.exhausted = True
             return None
         key, self.next_key = self.next_key, self.next_key + 1
-        return GroupRequest(key, prompt, self.sampling, self.seed_of(key))
+        self.open.add(key)
+        request = GroupRequest(key, prompt, self.sampling, self.seed_of(key))
+        if self.turns:
+            self.turns.sent(request)
+        return request
 
     def _dispatch(self) -> None:
         """Hand out groups while there is room, each to the least-loaded engine, then make sure
-        every engine with work has a `run` call outstanding."""
-        while not self.max_in_flight or len(self.owner) < self.max_in_flight:
+        every engine with work has a `run` call outstanding; a trajectory's next turn goes to the
+        engine of its previous turn (its prefix is cached there)."""
+        for req, engine in self.followups:
+            self._assign(req, engine)
+        self.followups = []
+        while self.resend or not self.max_in_flight or len(self.open) < self.max_in_flight:
             req = self._next_request()
             if req is None:
                 break
-            engine = min(range(len(self.load)), key=lambda i: (self.load[i], i))
-            self.queued[engine].append(req)
-            self.load[engine] += self._cost(req)
-            self.owner[req.key], self.requests[req.key] = engine, req
-            self.engine_of[req.key] = engine
+            self._assign(req, min(range(len(self.load)), key=lambda i: (self.load[i], i)))
         running = set(self.calls.values())
         for engine, actor in enumerate(self.pool.actors):
             has_work = any(owner == engine for owner in self.owner.values())
             if engine not in running and has_work:
                 add, self.queued[engine] = self.queued[engine], []
                 self.calls[actor.run.remote(add, [], POLL_S)] = engine
+
+    def _assign(self, req: GroupRequest, engine: int) -> None:
+        self.queued[engine].append(req)
+        self.load[engine] += self._cost(req)
+        self.owner[req.key], self.requests[req.key] = engine, req
+        self.engine_of[req.key] = engine
 
     def _replace(self, engine: int) -> None:
         """Engine `engine` died: restart it (pool's `heal`) and send its groups again."""
@@ -166,7 +212,10 @@ class GroupStream:
 
     def _abort_all(self) -> None:
         """Abort every unfinished group and wait until each engine has dropped them."""
-        self.aborted += len(self.owner)
+        unfinished = {k[0] if isinstance(k, tuple) else k for k in self.owner}
+        if self.turns:
+            unfinished |= set(self.turns.open)
+        self.aborted += len(unfinished)
         for ref in list(self.calls):
             try:
                 ray.get(ref)

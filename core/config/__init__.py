@@ -19,6 +19,7 @@ cluster (free CPUs/GPUs), which the driver does when it places actors, and `trai
 """
 
 from core.config.generation import (
+    EnvironmentConfig,
     RewardConfig,
     RewardFunctionConfig,
     RolloutConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DataSourceConfig",
+    "EnvironmentConfig",
     "LearnerConfig",
     "LoggingConfig",
     "LoraConfig",

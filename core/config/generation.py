@@ -13,6 +13,88 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class EnvironmentConfig:
+    """Multi-turn rollouts: after each model turn an environment answers (a tool's result, a
+    game's next state), and the trajectory goes on until the environment says it is done, the
+    model answers without a tool call, `max_turns` or `max_total_tokens`."""
+
+    name: str = ""
+    """Built-in environment: `tools` (the model calls `tools` in the chat template's format,
+    parsed by vLLM's `tool_parser`; the trajectory ends at a reply without a tool call).
+    Exclusive with `fn`; neither = single-turn rollouts."""
+    fn: str = ""
+    """A user environment class as `path/to/file.py:ClassName` (docs/environments.md)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the environment's constructor (one instance per trajectory)."""
+    tools: list[str] = field(default_factory=list)
+    """Tools of the `tools` environment: built-ins `calculator` or `python`, or user functions
+    as `path/to/file.py:function` (type hints and a docstring give the JSON schema the model
+    sees)."""
+    tool_parser: str = "hermes"
+    """vLLM tool parser that reads the model's tool calls (`hermes`: `<tool_call>{json}
+    </tool_call>`, as Qwen2.5, Hermes and SmolLM3 write them; any name vLLM registers)."""
+    max_turns: int = 4
+    """Model turns per trajectory; a trajectory still going after them ends as `max_turns`."""
+    max_total_tokens: int = 0
+    """Prompt plus every turn and reply of a trajectory; the last turn is cut to fit, and a
+    trajectory that reaches it ends as `length`. 0 = data.max_prompt_tokens + max_turns x
+    rollout.max_new_tokens."""
+    tool_timeout_s: float = 10.0
+    """Wall-clock limit of one tool call (or environment step); past it the call is a
+    `timeout` failure and the model reads that as the tool's reply."""
+    max_tool_failure_rate: float = 1.0
+    """Stop the run (exit code 3) when more than this fraction of a step's tool calls failed
+    and there were at least 16; 1 = never (malformed calls are the model's to unlearn)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.name or self.fn)
+
+    def check(self, cfg: Config) -> None:
+        key = "rollout.environment"
+        require(
+            not (self.name and self.fn),
+            key,
+            {"name": self.name, "fn": self.fn},
+            "give at most one of `name` (built-in) or `fn` (file.py:ClassName)",
+        )
+        require(self.name in ("", "tools"), key + ".name", self.name, "the built-in is `tools`")
+        if self.fn:
+            require(
+                ":" in self.fn and self.fn.split(":")[0].endswith(".py"),
+                key + ".fn",
+                self.fn,
+                "must look like path/to/file.py:ClassName",
+            )
+        require(
+            self.name != "tools" or bool(self.tools),
+            key + ".tools",
+            self.tools,
+            "the `tools` environment needs at least one tool (calculator, python, file.py:fn)",
+        )
+        require(self.max_turns >= 1, key + ".max_turns", self.max_turns, "must be >= 1")
+        require(
+            self.max_total_tokens >= 0,
+            key + ".max_total_tokens",
+            self.max_total_tokens,
+            "must be >= 0 (0 = prompt + max_turns x max_new_tokens)",
+        )
+        require(self.tool_timeout_s > 0, key + ".tool_timeout_s", self.tool_timeout_s, "> 0")
+        require(
+            0 < self.max_tool_failure_rate <= 1,
+            key + ".max_tool_failure_rate",
+            self.max_tool_failure_rate,
+            "must be in (0, 1]; 1 never stops the run",
+        )
+
+    def total_tokens(self, cfg: Config) -> int:
+        """`max_total_tokens` with 0 resolved."""
+        return self.max_total_tokens or (
+            cfg.data.max_prompt_tokens + self.max_turns * cfg.rollout.max_new_tokens
+        )
+
+
+@dataclass
 class RolloutConfig:
     group_size: int = 8
     """G: responses sampled per prompt; the group's mean reward is the baseline."""
@@ -37,8 +119,11 @@ class RolloutConfig:
     omp_threads_bind: str = "auto"
     """CPU cores the engine's OpenMP threads bind to (vLLM `VLLM_CPU_OMP_THREADS_BIND`):
     `auto` = the node's cores split into one block per engine; or a list such as `0-1`."""
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
+    """Multi-turn rollouts with tools or a user environment (off unless `name` or `fn`)."""
 
     def check(self, cfg: Config) -> None:
+        self.environment.check(cfg)
         require(
             self.group_size >= 2,
             "rollout.group_size",
