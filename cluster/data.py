@@ -360,6 +360,9 @@ def _messages(prompt: str | list, data: DataConfig) -> tuple[list[dict], str]:
     else:
         text = data.prompt_template.format(prompt=prompt)
         messages = [{"role": "user", "content": text}]
+    if data.few_shot:
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        messages = [*system, *data.few_shot, *messages[len(system) :]]
     if data.system_prompt and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": data.system_prompt}, *messages]
     return messages, text

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 
-from cluster.metrics import accuracy
+from cluster.metrics import accuracy, generated_tokens
 from core.config import Config
 from core.records import Group, Prompt, Score
 
@@ -51,7 +51,7 @@ def evaluate(cfg: Config, rollout, rewards, prompts: list[Prompt]) -> dict[str, 
     out = {"eval/reward": sum(s.reward for row in scores for s in row) / len(prompts)}
     if cfg.reward.accuracy_function:
         out["eval/accuracy"] = accuracy(scores, cfg.reward.accuracy_function)
-    lengths = [len(g.samples[0].completion_token_ids) for g in groups]
+    lengths = [generated_tokens(g.samples[0]) for g in groups]
     out["eval/completion_len"] = sum(lengths) / len(groups)
     out["time/eval"] = time.perf_counter() - t0
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.loggers import numeric
-from core.records import Group
+from core.records import Group, Sample
 
 
 class PhaseTimer:
@@ -42,8 +42,9 @@ class PhaseTimer:
 
 
 def rollout_metrics(groups: list[Group], scores: list[list[Any]], accuracy_fn: str) -> dict:
-    """Length, truncation, zero-variance groups and accuracy of one generated batch."""
-    lengths = [len(s.completion_token_ids) for g in groups for s in g.samples]
+    """Length, truncation, zero-variance groups and accuracy of one generated batch. Lengths
+    count the tokens the model generated (a multi-turn trajectory's replies left out)."""
+    lengths = [generated_tokens(s) for g in groups for s in g.samples]
     truncated = [s.finish_reason == "length" for g in groups for s in g.samples]
     zero_var = [len({row_s.reward for row_s in row if not row_s.excluded}) <= 1 for row in scores]
     out = {
@@ -58,6 +59,11 @@ def rollout_metrics(groups: list[Group], scores: list[list[Any]], accuracy_fn: s
     if accuracy_fn:
         out["accuracy"] = accuracy(scores, accuracy_fn)
     return out
+
+
+def generated_tokens(sample: Sample) -> int:
+    """Completion tokens the model wrote (all of them for a single turn)."""
+    return sum(sample.loss_mask) if sample.loss_mask else len(sample.completion_token_ids)
 
 
 def perf_metrics(row: dict[str, Any], peak_flops_per_s: float) -> dict[str, float]:

@@ -13,10 +13,12 @@ and a reply's ids are the chat template's rendering of the reply messages after 
 turn, cut after the turn's end token (`ReplyRenderer`), so the context of turn t + 1 is the
 context of turn t, its output and the reply. A turn cut at `rollout.max_new_tokens` is closed
 with the template's end-of-turn token (context, not trained: the model did not write it) and
-answered like any other. A trajectory ends `stop` (the environment is done, or a turn ended on a
+answered like any other. The environment sees every turn, the
+last one included. A trajectory ends `stop` (the environment is done, or a turn ended on a
 stop string rather than the end-of-turn token), `length` (`max_total_tokens` reached: a turn
-is cut to fit what is left, and a reply that does not fit ends it) or `max_turns`; a last turn
-cut at `max_new_tokens` ends it as `length` too. Turn t of sample j in a seeded group is seeded
+is cut to fit what is left, and a reply that does not fit ends it; or the final turn was cut
+at `max_new_tokens`) or `max_turns` (the environment replied to the last allowed turn; the
+reply is not added). Turn t of sample j in a seeded group is seeded
 from (seed + j, t), so trajectories are a function of the seeds, the weights and the
 environment. An environment that raises or
 returns nonsense ends its trajectory and is recorded as a `crash` tool call of `environment`;
@@ -209,8 +211,6 @@ class Conversations:
         turn = len(traj.spans)
         if len(traj.context) >= self.limits.max_total_tokens:
             return self._end(gkey, j, "length")
-        if turn >= self.limits.max_turns:
-            return self._end(gkey, j, "max_turns")
         cut = sample.finish_reason == "length"
         ids = sample.completion_token_ids
         if not cut and not (ids and ids[-1] in self.render.end_ids):
@@ -218,6 +218,8 @@ class Conversations:
         step = self._env_step(traj, first, sample.text)
         if step is None or step.done or not step.messages:
             return self._end(gkey, j, "length" if cut else "stop")
+        if turn >= self.limits.max_turns:  # the environment had more to say
+            return self._end(gkey, j, "max_turns")
         # A turn cut at max_new_tokens is closed as the template closes turns.
         ids = [self.render.end_of_turn] * cut + self.render(step.messages)
         room = self.limits.max_total_tokens - len(traj.context) - len(ids)

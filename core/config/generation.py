@@ -74,6 +74,13 @@ class EnvironmentConfig:
         )
         require(self.max_turns >= 1, key + ".max_turns", self.max_turns, "must be >= 1")
         require(
+            not (self.enabled and cfg.algorithm.overlong_buffer),
+            key,
+            {"name": self.name, "fn": self.fn},
+            "algorithm.overlong_buffer measures single completions; with an environment, bound "
+            "trajectories with max_total_tokens and set algorithm.overlong_buffer=0",
+        )
+        require(
             self.max_total_tokens >= 0,
             key + ".max_total_tokens",
             self.max_total_tokens,

@@ -94,6 +94,10 @@ class DataConfig:
     """Held-out prompts, decoded greedily at evaluation (and by `cohort eval`)."""
     system_prompt: str = ""
     """System message put before every prompt (empty: none, the chat template's default)."""
+    few_shot: list[dict[str, str]] = field(default_factory=list)
+    """Example messages (`{role, content}`: user, assistant, tool) put before every prompt's
+    own, after the system message: worked examples that show a small model a format, e.g. a
+    tool call (configs/multi_turn.yaml)."""
     prompt_template: str = "{prompt}"
     """Python format string wrapping the prompt text; `{prompt}` is the row's prompt (text
     prompts only; chat messages are used as they are)."""
@@ -113,6 +117,15 @@ class DataConfig:
     (ceil(epochs x prompts / rollout.prompts_per_step)); 0 = trainer.steps decides."""
 
     def check(self, cfg: Config) -> None:
+        for i, m in enumerate(self.few_shot):
+            require(
+                set(m) == {"role", "content"}
+                and m["role"] in ("user", "assistant", "tool")
+                and isinstance(m["content"], str),
+                f"data.few_shot[{i}]",
+                m,
+                "must be {role: user | assistant | tool, content: text}",
+            )
         self.train.check("data.train")
         self.eval.check("data.eval")
         require(self.epochs >= 0, "data.epochs", self.epochs, "must be >= 0")

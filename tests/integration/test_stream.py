@@ -5,11 +5,15 @@ on each group's seed and the weights, not on which engine ran the group or what 
 
 import pytest
 import ray
+from transformers import AutoTokenizer
 
 from core.config import load_config
 from core.records import Prompt
+from environments.base import Step
+from learner.batch import collate, flatten
 from rollout.pool import RolloutPool
 from rollout.stream import group_seed
+from rollout.turns import Conversations, Limits, ReplyRenderer
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +99,67 @@ def test_closing_a_stream_aborts_what_runs_and_leaves_the_engines_idle(engines):
     assert [r.load for r in held] == [0, 0]  # nothing left in either engine
     # and the engines serve the next stream completely
     assert len(engines.generate(prompts(4), n=2, seed=1)) == 4
+
+
+class ThreeTurns:
+    """Replies `code <answer>`, then `again`, and is done after the third turn."""
+
+    def reset(self, prompt, row):
+        self.answer, self.turn = row["answer"], 0
+
+    def step(self, action):
+        self.turn += 1
+        replies = {1: f"code {self.answer}", 2: "again"}
+        if self.turn in replies:
+            return Step([{"role": "user", "content": replies[self.turn]}])
+        return Step(done=True)
+
+
+def test_a_three_turn_trajectory_trains_on_the_ids_the_engine_saw_and_produced(engines, tiny_model):
+    """Each turn's request is the trajectory's ids so far (prompt, earlier turns, replies) and
+    its output is the next span; the engine's own log-probabilities of the whole trajectory,
+    scored afterwards, equal the sampled ones at every generated token (the context it sampled
+    from is the training sequence, never a decode-and-encode of it); each later turn ran on the
+    engine of the group's first turn (its prefix cached there); seeded trajectories repeat."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    render = ReplyRenderer(tokenizer, None, {tokenizer.eos_token_id})
+    made: list[Conversations] = []
+
+    def conversations():
+        made.append(Conversations(ThreeTurns, render, Limits(3, 256, 5.0), group_seed, True))
+        return made[-1]
+
+    prompt = Prompt(
+        "p:0", "code?", tokenizer("<|user|>code?<|end|><|assistant|>")["input_ids"], "7"
+    )
+    engines.conversations = conversations
+    try:
+        sampling = engines.sampling(3, temperature=1.0, max_tokens=12)
+        stream = engines.stream([prompt, prompt], sampling, lambda k: group_seed(9, k))
+        groups = dict(stream)
+        again = dict(engines.stream([prompt, prompt], sampling, lambda k: group_seed(9, k)))
+    finally:
+        engines.conversations = None
+    assert samples_of(groups[k] for k in (0, 1)) == samples_of(again[k] for k in (0, 1))
+    log = made[0].log
+    for key, group in groups.items():
+        for j, s in enumerate(group.samples):
+            assert s.turns == 3 and s.finish_reason in ("stop", "length"), s.finish_reason
+            turns = [(p, out) for k, jj, p, out in log if (k, jj) == (key, j)]
+            assert len(turns) == 3
+            generated = []
+            for p, out in turns:
+                start = len(p) - len(prompt.token_ids)
+                assert p == prompt.token_ids + s.completion_token_ids[:start]
+                assert s.completion_token_ids[start : start + len(out)] == out
+                generated += range(start, start + len(out))
+            assert [i for i, m in enumerate(s.loss_mask) if m] == generated
+            # The engine scores the trajectory as it sampled it (temperature 1, float32).
+            [scored, _] = engines.sequence_logprobs(prompt.token_ids, s.completion_token_ids)
+            for i in generated:
+                assert abs(scored[i] - s.logprobs[i]) < 1e-4, (key, j, i)
+            row = collate(flatten([group], [[True] * 3])[j : j + 1], 0)
+            assert row.input_ids[0].tolist() == prompt.token_ids + s.completion_token_ids
+            assert row.mask[0].tolist() == s.loss_mask
+        later = [k for k in stream.engine_of if isinstance(k, tuple) and k[0] == key]
+        assert len(later) == 6 and {stream.engine_of[k] for k in later} == {stream.engine_of[key]}
