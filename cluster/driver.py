@@ -23,7 +23,12 @@ from cluster.evaluation import evaluate
 from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, perf_metrics, rollout_metrics
 from cluster.models import resolve_model
-from cluster.multi_turn import conversations_factory, log_tool_failures, multi_turn_metrics
+from cluster.multi_turn import (
+    conversations_factory,
+    log_tool_failures,
+    multi_turn_metrics,
+    start_python_tool,
+)
 from cluster.overlap import BatchSource
 from cluster.placement import report, reserve
 from cluster.ray_setup import connect_ray
@@ -88,6 +93,7 @@ def train(cfg: Config) -> Path:
     )
     rollout, rewards, learner = pools["rollout"], pools["rewards"], pools["learner"]
     rollout.conversations = conversations  # None: single-turn groups
+    start_python_tool(cfg)  # the `python` tool's sandboxed executor, when it is used
     for name, layers in rewards.isolation.items():
         print(f"reward sandbox of {name}: {', '.join(layers) or 'none'}", flush=True)
     (run_dir / "placement.json").write_text(json.dumps(report(rollout, learner, rewards), indent=1))

@@ -73,7 +73,7 @@ def evaluate_model(
 
     if not cfg.reward.accuracy_function:
         raise ValueError("cohort eval needs reward.accuracy_function (which function says right)")
-    from cluster.multi_turn import conversations_factory
+    from cluster.multi_turn import conversations_factory, start_python_tool
     from environments.loading import tool_schemas
 
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -95,6 +95,7 @@ def evaluate_model(
     )
     rollout, rewards = pools["rollout"], pools["rewards"]
     rollout.conversations = conversations
+    start_python_tool(cfg)
     try:
         health = Health(cfg, rollout, rewards)
         report = pass_at_k_report(cfg, health.rollout, health.rewards, prompts, k, n, temperature)

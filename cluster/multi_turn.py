@@ -20,10 +20,33 @@ from core.config import Config
 from core.errors import RunStopped
 from core.records import Group
 from environments.loading import environment_factory
+from environments.tools import set_python_runner
 from rollout.stream import group_seed
 from rollout.turns import Conversations, Limits, ReplyRenderer
 
 MIN_CALLS = 16
+
+
+def start_python_tool(cfg: Config):
+    """When `python` is among the tools: the sandboxed executor (`reward/python_tool.py`) as a
+    Ray actor, wired to the tool; returns the actor (None without the tool)."""
+    env = cfg.rollout.environment
+    if env.name != "tools" or "python" not in env.tools:
+        set_python_runner(None)
+        return None
+    import ray
+
+    from reward.python_tool import PythonToolActor
+
+    actor = (
+        ray.remote(PythonToolActor)
+        .options(num_cpus=0)
+        .remote(cfg.reward.isolation, cfg.reward.memory_limit_mb or 1024)
+    )
+    # Its own deadline ends before the tool call's, so the runner is killed, not abandoned.
+    deadline = max(0.5, env.tool_timeout_s - 1.0)
+    set_python_runner(lambda code: ray.get(actor.run.remote(code, deadline)))
+    return actor
 
 
 def end_token_ids(model_path: str, tokenizer) -> set[int]:

@@ -5,7 +5,10 @@ the chat template shows the model) is made by transformers' `get_json_schema`. A
 `rollout.environment.tool_timeout_s`; its result, or the failure, goes back to the model as the
 tool's reply, and the outcome is recorded.
 
-Guarantees: `call_tool` never raises for anything the model wrote. Every outcome is `ok` or one
+`python` sends the program to the executor the driver set (`set_python_runner`): a Ray actor
+that runs it in a confined runner process as `code_tests` runs generated code
+(`reward/python_tool.py`), never in the driver. Guarantees: `call_tool` never raises for
+anything the model wrote. Every outcome is `ok` or one
 of `FAILURE_KINDS`: `unknown` (no tool of that name), `malformed` (arguments that are not a JSON
 object or do not fit the signature), `timeout`, `crash` (the tool raised). `calculator`
 evaluates arithmetic only (numbers, + - * / // % **, parentheses) by walking Python's parse
@@ -73,7 +76,27 @@ def _evaluate(node: ast.AST) -> int | float:
     raise ValueError(f"not arithmetic: {ast.unparse(node)!r}")
 
 
-BUILTIN_TOOLS: dict[str, Callable[..., Any]] = {"calculator": calculator}
+_python_runner: Callable[[str], str] | None = None
+
+
+def set_python_runner(runner: Callable[[str], str] | None) -> None:
+    """Where `python` sends programs (the driver starts a sandboxed executor and sets it)."""
+    global _python_runner
+    _python_runner = runner
+
+
+def python(code: str) -> str:
+    """Run a Python program and return what it prints (print the values you need).
+
+    Args:
+        code: A complete Python program, e.g. "print(sum(range(10)))".
+    """
+    if _python_runner is None:
+        raise RuntimeError("the python tool has no executor in this process")
+    return _python_runner(code)
+
+
+BUILTIN_TOOLS: dict[str, Callable[..., Any]] = {"calculator": calculator, "python": python}
 
 
 def schema(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -340,3 +340,37 @@ def _reap(deadline: float) -> None:
 def _ms(seconds: float) -> int:
     """poll()'s timeout, rounded up so that a wait never ends before its deadline."""
     return max(1, int(seconds * 1000) + 1)
+
+
+MAX_TOOL_OUTPUT_BYTES = 16384
+"""Most a `python` tool call may print (more is a failed call)."""
+
+
+def run_python(
+    code: str, *, timeout_s: float, memory_mb: int = 512, isolation: str | None = None
+) -> str:
+    """Run `code` as a program in a confined runner, as a stdin/stdout case runs (empty stdin),
+    and return what it printed. Raises RuntimeError when it exits with an error or is killed,
+    prints more than `MAX_TOOL_OUTPUT_BYTES`, runs past `timeout_s` (its process group is
+    killed by then), or the runner cannot start or confine itself."""
+    if isolation is not None and isolation not in LEVELS:
+        raise ValueError(f"isolation is {isolation!r}; use one of {', '.join(LEVELS)}")
+    with tempfile.TemporaryDirectory(prefix="cohort-tool-", ignore_cleanup_errors=True) as cwd:
+        policy = replace(
+            _policy,
+            level=isolation or _policy.level,
+            memory_mb=memory_mb,
+            cpu_s=timeout_s + 1.0,
+            write_dir=cwd,
+        )
+        runner = RunnerProcess.start({"mode": "program", "code": code}, policy, cwd)
+        try:
+            output = runner.read_output(MAX_TOOL_OUTPUT_BYTES, time.monotonic() + timeout_s)
+        finally:
+            runner.close()
+    if output is None:
+        raise RuntimeError(
+            f"the program raised or was killed, ran past {timeout_s:g} s, or printed more than "
+            f"{MAX_TOOL_OUTPUT_BYTES} bytes"
+        )
+    return output.decode("utf-8", "replace")

@@ -3,13 +3,17 @@ dispatch by tokens in flight, groups out as they finish, aborts, and samples tha
 on each group's seed and the weights, not on which engine ran the group or what ran beside it
 (what keeps a resumed run bitwise equal to an uninterrupted one under dynamic dispatch)."""
 
+import os
+
 import pytest
 import ray
 from transformers import AutoTokenizer
 
+from cluster.multi_turn import start_python_tool
 from core.config import load_config
 from core.records import Prompt
 from environments.base import Step
+from environments.tools import call_tool, python, set_python_runner
 from learner.batch import collate, flatten
 from rollout.pool import RolloutPool
 from rollout.stream import group_seed
@@ -163,3 +167,22 @@ def test_a_three_turn_trajectory_trains_on_the_ids_the_engine_saw_and_produced(e
             assert row.mask[0].tolist() == s.loss_mask
         later = [k for k in stream.engine_of if isinstance(k, tuple) and k[0] == key]
         assert len(later) == 6 and {stream.engine_of[k] for k in later} == {stream.engine_of[key]}
+
+
+def test_the_python_tool_runs_in_its_own_actor(ray_local):
+    """The driver's `python` tool sends programs to a Ray actor, which runs each confined."""
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            'rollout.environment={"name": "tools", "tools": ["python"], "tool_timeout_s": 3}',
+            "reward.isolation=best_effort",
+        ],
+    )
+    actor = start_python_tool(cfg)
+    try:
+        assert python(f"import os; print(os.getpid() != {os.getpid()})") == "True\n"
+        reply, record = call_tool({"python": python}, "python", {"code": "while 1: pass"}, 3.0)
+        assert record["outcome"] == "crash" and "ran past 2 s" in reply  # killed at its deadline
+    finally:
+        set_python_runner(None)
+        ray.kill(actor)

@@ -15,7 +15,8 @@ from core.errors import RunStopped
 from core.records import Group, Prompt, Sample
 from environments.base import EnvironmentError_
 from environments.loading import environment_factory, load_tools
-from environments.tools import calculator, call_tool, schema
+from environments.tools import calculator, call_tool, python, schema, set_python_runner
+from reward.code_exec import run_python
 
 
 @pytest.mark.parametrize(
@@ -198,3 +199,28 @@ def test_multi_turn_metrics():
     assert m["multi_turn/end_max_turns_frac"] == m["multi_turn/end_length_frac"] == 1 / 3
     assert m["tools/calls_per_trajectory"] == 1 and m["tools/failure_frac"] == 1 / 3
     assert m["tools/calculator/ok"] == 2 and m["tools/calculator/timeout"] == 1
+
+
+def test_the_python_tool_runs_programs_in_a_confined_runner():
+    run = lambda code, t=3.0: run_python(code, timeout_s=t, isolation="best_effort")  # noqa: E731
+    assert run("print(6 * 7)") == "42\n"
+    assert run("import os; print(os.getcwd().startswith('/tmp'), os.listdir('.'))") == "True []\n"
+    with pytest.raises(RuntimeError, match="raised or was killed"):
+        run("raise SystemExit(3)")
+    with pytest.raises(RuntimeError, match="printed more than"):
+        run("print('x' * 100000)")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="ran past 0.5 s"):
+        run("while True: pass", 0.5)
+    assert time.monotonic() - started < 3
+    # What the model reads when it goes wrong, and the outcome counted.
+    set_python_runner(lambda code: run(code, 1.0))
+    try:
+        reply, record = call_tool({"python": python}, "python", '{"code": "1/0"}', 5.0)
+        assert record["outcome"] == "crash" and reply.startswith("error: RuntimeError")
+        reply, record = call_tool({"python": python}, "python", '{"code": "print(2**10)"}', 5.0)
+        assert (reply, record["outcome"]) == ("1024\n", "ok")
+    finally:
+        set_python_runner(None)
+    with pytest.raises(RuntimeError, match="no executor"):
+        python("print(1)")
