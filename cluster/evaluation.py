@@ -43,16 +43,26 @@ def generate_and_score(
 
 
 def evaluate(cfg: Config, rollout, rewards, prompts: list[Prompt]) -> dict[str, float]:
-    """The eval row of a training run: greedy decoding on the held-out prompts."""
+    """The eval row of a training run: greedy decoding on the held-out prompts, or
+    `rollout.eval_samples` seeded samples each at `rollout.eval_temperature`."""
     t0 = time.perf_counter()
+    r = cfg.rollout
+    sampled = r.eval_temperature > 0
     groups, scores = generate_and_score(
-        rollout, rewards, prompts, n=1, temperature=0.0, max_tokens=cfg.rollout.eval_max_new_tokens
+        rollout,
+        rewards,
+        prompts,
+        n=r.eval_samples if sampled else 1,
+        temperature=r.eval_temperature,
+        max_tokens=r.eval_max_new_tokens,
+        seed=cfg.trainer.seed if sampled else None,
     )
-    out = {"eval/reward": sum(s.reward for row in scores for s in row) / len(prompts)}
+    flat = [s for row in scores for s in row]
+    out = {"eval/reward": sum(s.reward for s in flat) / len(flat)}
     if cfg.reward.accuracy_function:
         out["eval/accuracy"] = accuracy(scores, cfg.reward.accuracy_function)
-    lengths = [generated_tokens(g.samples[0]) for g in groups]
-    out["eval/completion_len"] = sum(lengths) / len(groups)
+    lengths = [generated_tokens(s) for g in groups for s in g.samples]
+    out["eval/completion_len"] = sum(lengths) / len(lengths)
     out["time/eval"] = time.perf_counter() - t0
     return out
 

@@ -114,7 +114,13 @@ class RolloutConfig:
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 = off; below 1 the learner's ratio is only approximate)."""
     eval_max_new_tokens: int = 64
-    """Longest completion at evaluation (greedy)."""
+    """Longest completion at evaluation."""
+    eval_temperature: float = 0.0
+    """Sampling temperature at evaluation: 0 = greedy; above 0, `eval/accuracy` is pass@1 over
+    `eval_samples` samples per prompt, seeded by trainer.seed (every evaluation of a run draws
+    the same random numbers), for a policy whose greedy answer says little."""
+    eval_samples: int = 1
+    """Samples per held-out prompt when eval_temperature > 0."""
     max_groups_in_flight: int = 0
     """Groups generating at once across the engines; each finished group makes room for the
     next prompt, sent to the engine with the fewest tokens in flight. 0 = prompts_per_step
@@ -153,6 +159,13 @@ class RolloutConfig:
             "must be > 0 for training",
         )
         require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "must be in (0, 1]")
+        require(
+            self.eval_temperature >= 0,
+            "rollout.eval_temperature",
+            self.eval_temperature,
+            "must be >= 0 (0 = greedy)",
+        )
+        require(self.eval_samples >= 1, "rollout.eval_samples", self.eval_samples, ">= 1")
         require(
             self.max_groups_in_flight >= 0,
             "rollout.max_groups_in_flight",
