@@ -11,8 +11,11 @@ closed first; closing it (or leaving the loop) aborts the groups still running a
 engine idle. With seeds, a group's samples are a function of its seed and the weights, so which
 engine ran it and when does not change them (tested: `tests/integration/test_stream.py`). An
 engine that dies is replaced through the pool's `heal` hook and its groups are sent again (same
-seeds, same samples); without the hook the error is raised. Not guaranteed: the order groups
-finish in, and the per-engine figures of `metrics` (they depend on timing).
+seeds, same samples); without the hook the error is raised. With a `Conversations` (multi-turn,
+`rollout/turns.py`), a group is yielded once all its trajectories have ended; their later
+turns go to the engine of their earlier ones and do not count against `max_in_flight`, which
+counts groups. Not guaranteed: the order groups finish in, and the per-engine figures of
+`metrics` (they depend on timing).
 """
 
 from __future__ import annotations
