@@ -71,7 +71,9 @@ def conversations_factory(
         return None
     make_env = environment_factory(env, tokenizer, base_dir)
     render = ReplyRenderer(tokenizer, chat_template(cfg.data), end_token_ids(model_path, tokenizer))
-    limits = Limits(env.max_turns, env.total_tokens(cfg), env.tool_timeout_s)
+    # A tools step runs one call after another, each within tool_timeout_s.
+    step_timeout = None if env.name == "tools" else env.tool_timeout_s
+    limits = Limits(env.max_turns, env.total_tokens(cfg), step_timeout)
     return lambda: Conversations(make_env, render, limits, group_seed)
 
 

@@ -82,7 +82,9 @@ class ReplyRenderer:
 class Limits:
     max_turns: int
     max_total_tokens: int
-    step_timeout_s: float
+    step_timeout_s: float | None
+    """Longest an environment step may take (None: no limit, for environments whose every
+    call has its own, as the `tools` environment's tool calls do)."""
 
 
 @dataclass
@@ -247,7 +249,8 @@ class Conversations:
         try:
             step = future.result(timeout=self.limits.step_timeout_s)
         except FutureTimeout:
-            traj.tool_calls.append(record | {"outcome": "timeout", "error": "step timed out"})
+            error = f"the step took longer than {self.limits.step_timeout_s:g} s"
+            traj.tool_calls.append(record | {"outcome": "timeout", "error": error})
             return None
         except Exception as e:
             error = f"{type(e).__name__}: {e}"

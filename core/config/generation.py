@@ -40,8 +40,8 @@ class EnvironmentConfig:
     trajectory that reaches it ends as `length`. 0 = data.max_prompt_tokens + max_turns x
     rollout.max_new_tokens."""
     tool_timeout_s: float = 10.0
-    """Wall-clock limit of one tool call (or environment step); past it the call is a
-    `timeout` failure and the model reads that as the tool's reply."""
+    """Wall-clock limit of one tool call (the model reads the `timeout` failure as the tool's
+    reply), and of one step of a user environment (past it the trajectory ends)."""
     max_tool_failure_rate: float = 1.0
     """Stop the run (exit code 3) when more than this fraction of a step's tool calls failed
     and there were at least 16; 1 = never (malformed calls are the model's to unlearn)."""
