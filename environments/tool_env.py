@@ -12,6 +12,7 @@ calls of one turn.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -71,8 +72,6 @@ class ToolEnvironment:
 def describe_tools(schemas: list[dict[str, Any]]) -> str:
     """The tools in the hermes format, for a system message when the model's chat template does
     not show tools itself."""
-    import json
-
     listed = "\n".join(json.dumps(s) for s in schemas)
     return (
         'You can call tools. To call one, write <tool_call>{"name": <tool name>, '

@@ -13,6 +13,9 @@ tests never enter that process, nor the zygote:
 - stdin/stdout cases run the whole program, one runner per case, with the case's input on stdin;
   its stdout (at most `MAX_OUTPUT_BYTES`) is read and compared here, and it must exit with 0.
 
+`run_python` runs one program the same way for the multi-turn `python` tool (its stdout is the
+tool's reply; `reward/python_tool.py` calls it from its own actor).
+
 Guaranteed: the score is passed / total, in [0, 1] (with `all_or_nothing`, 1.0 only when all
 pass, else 0.0). A test that fails, raises, hangs, exhausts memory, or whose runner dies or
 answers nonsense counts as failed: broken or hostile code is a wrong answer, not a reward

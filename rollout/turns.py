@@ -22,7 +22,7 @@ reply is not added). Turn t of sample j in a seeded group is seeded
 from (seed + j, t), so trajectories are a function of the seeds, the weights and the
 environment. An environment that raises or
 returns nonsense ends its trajectory and is recorded as a `crash` tool call of `environment`;
-one that takes longer than the tool timeout, as a `timeout`.
+one whose step takes longer than `Limits.step_timeout_s` (when set), as a `timeout`.
 Not covered: a policy version change within a trajectory (the sample records its first turn's).
 """
 
@@ -171,11 +171,6 @@ class Conversations:
 
     def add(self, key: Any, group: Group, engine: int) -> None:
         """A finished request: a group's first turn (n samples) or one trajectory's next."""
-        if self.log is not None:
-            for j, s in enumerate(group.samples):
-                j = key[1] if isinstance(key, tuple) else j
-                gkey = key[0] if isinstance(key, tuple) else key
-                self.log.append((gkey, j, list(group.prompt.token_ids), s.completion_token_ids))
         if isinstance(key, tuple):
             gkey, j, _ = key
             todo = [(gkey, j, group.samples[0])]
@@ -193,6 +188,9 @@ class Conversations:
             ]
             self.open[key] = len(group.samples)
         for gkey, j, sample in todo:
+            if self.log is not None:
+                sent = list(group.prompt.token_ids)
+                self.log.append((gkey, j, sent, sample.completion_token_ids))
             self.busy += 1
             self.pool.submit(self._advance, gkey, j, sample, engine)
 
@@ -223,11 +221,11 @@ class Conversations:
         if turn >= self.limits.max_turns:  # the environment had more to say
             return self._end(gkey, j, "max_turns")
         # A turn cut at max_new_tokens is closed as the template closes turns.
-        ids = [self.render.end_of_turn] * cut + self.render(step.messages)
-        room = self.limits.max_total_tokens - len(traj.context) - len(ids)
+        reply = [self.render.end_of_turn] * cut + self.render(step.messages)
+        room = self.limits.max_total_tokens - len(traj.context) - len(reply)
         if room <= 0:
             return self._end(gkey, j, "length")
-        traj.add_reply(step.messages, ids)
+        traj.add_reply(step.messages, reply)
         s = traj.sampling
         sampling = Sampling(1, s.temperature, s.top_p, min(s.max_tokens, room))
         seed = None if traj.seed is None else self.seed_of_turn(traj.seed, turn)

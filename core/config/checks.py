@@ -18,3 +18,13 @@ def require(ok: bool, key: str, value: Any, why: str) -> None:
     """Raise `ConfigError("key=value: why")` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def require_file_spec(key: str, value: str, name: str) -> None:
+    """`value` must look like `path/to/file.py:<name>` (a user function or class)."""
+    require(
+        ":" in value and value.split(":")[0].endswith(".py"),
+        key,
+        value,
+        f"must look like path/to/file.py:{name}",
+    )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from core.choices import ISOLATION_LEVELS, REWARD_ON_FAILURE
-from core.config.checks import require
+from core.config.checks import require, require_file_spec
 
 if TYPE_CHECKING:
     from core.config.run import Config
@@ -60,12 +60,7 @@ class EnvironmentConfig:
         )
         require(self.name in ("", "tools"), key + ".name", self.name, "the built-in is `tools`")
         if self.fn:
-            require(
-                ":" in self.fn and self.fn.split(":")[0].endswith(".py"),
-                key + ".fn",
-                self.fn,
-                "must look like path/to/file.py:ClassName",
-            )
+            require_file_spec(key + ".fn", self.fn, "ClassName")
         require(
             self.name != "tools" or bool(self.tools),
             key + ".tools",
@@ -211,12 +206,7 @@ class RewardFunctionConfig:
             "give exactly one of `name` (built-in) or `fn` (file.py:function)",
         )
         if self.fn:
-            require(
-                ":" in self.fn and self.fn.split(":")[0].endswith(".py"),
-                key + ".fn",
-                self.fn,
-                "must look like path/to/file.py:function_name",
-            )
+            require_file_spec(key + ".fn", self.fn, "function_name")
         require(
             not self.range or (len(self.range) == 2 and self.range[0] <= self.range[1]),
             key + ".range",
