@@ -45,7 +45,14 @@ def start_python_tool(cfg: Config):
     )
     # Its own deadline ends before the tool call's, so the runner is killed, not abandoned.
     deadline = max(0.5, env.tool_timeout_s - 1.0)
-    set_python_runner(lambda code: ray.get(actor.run.remote(code, deadline)))
+
+    def run(code: str) -> str:
+        result = ray.get(actor.run.remote(code, deadline))
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return result["output"]
+
+    set_python_runner(run)
     return actor
 
 
@@ -71,14 +78,18 @@ def conversations_factory(
         return None
     make_env = environment_factory(env, tokenizer, base_dir)
     render = ReplyRenderer(tokenizer, chat_template(cfg.data), end_token_ids(model_path, tokenizer))
-    # A tools step runs one call after another, each within tool_timeout_s.
-    step_timeout = None if env.name == "tools" else env.tool_timeout_s
+    # A tools step bounds each call itself (its calls run one after another); this is a backstop.
+    if env.name == "tools":
+        step_timeout = env.max_tool_calls_per_turn * env.tool_timeout_s + 5.0
+    else:
+        step_timeout = env.tool_timeout_s
     limits = Limits(env.max_turns, env.total_tokens(cfg), step_timeout)
     return lambda: Conversations(make_env, render, limits, group_seed)
 
 
 def multi_turn_metrics(groups: list[Group]) -> dict[str, float]:
-    """Turns, how trajectories ended, and tool calls by tool and outcome, over `groups`."""
+    """Turns, how trajectories ended, and tool calls by tool and outcome (`unknown` and
+    `over_limit` calls counted by outcome alone: the model chose their names), over `groups`."""
     samples = [s for g in groups for s in g.samples]
     n = len(samples)
     ends = Counter(s.finish_reason for s in samples)
@@ -91,8 +102,15 @@ def multi_turn_metrics(groups: list[Group]) -> dict[str, float]:
         "tools/calls_per_trajectory": len(calls) / n,
         "tools/failure_frac": sum(c["outcome"] != "ok" for c in calls) / max(1, len(calls)),
     }
-    for (name, outcome), count in Counter((c["name"], c["outcome"]) for c in calls).items():
-        out[f"tools/{name or 'unparsed'}/{outcome}"] = float(count)
+    # Calls by outcome only where the name may be one the model made up (unknown, over_limit):
+    # metric keys stay few; tool_failures.jsonl has the names.
+    keys = Counter(
+        f"tools/{c['outcome']}"
+        if c["outcome"] in ("unknown", "over_limit")
+        else f"tools/{c['name'] or 'unparsed'}/{c['outcome']}"
+        for c in calls
+    )
+    out.update((key, float(count)) for key, count in keys.items())
     return out
 
 

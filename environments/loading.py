@@ -88,7 +88,8 @@ def environment_factory(cfg: EnvironmentConfig, tokenizer, base_dir: Path) -> Ca
             parser = tool_parser(cfg.tool_parser, tokenizer)
         except KeyError as e:
             raise ConfigError(f"rollout.environment.tool_parser={cfg.tool_parser!r}: {e}") from None
-        return lambda: _Checked(ToolEnvironment(tools, parser, cfg.tool_timeout_s), "tools")
+        limits = (cfg.tool_timeout_s, cfg.max_tool_calls_per_turn)
+        return lambda: _Checked(ToolEnvironment(tools, parser, *limits), "tools")
     cls = _load(cfg.fn, "rollout.environment.fn", base_dir)
     if not inspect.isclass(cls) or not callable(getattr(cls, "step", None)):
         raise ConfigError(

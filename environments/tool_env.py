@@ -3,8 +3,10 @@ comes back as a `tool` message, and the trajectory ends at a turn without a tool
 
 Calls are read by one of vLLM's tool parsers (`rollout.environment.tool_parser`, `hermes` by
 default: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`), the same code that serves
-tool calls from `vllm serve`, so training and serving read calls alike. Guarantees: every call
-in a turn runs, in order, each with its own outcome (`environments/tools.py`); text that opens a
+tool calls from `vllm serve`, so training and serving read calls alike. Guarantees: the first
+`max_tool_calls_per_turn` calls of a turn run, in order, each with its own outcome and within
+`tool_timeout_s` (`environments/tools.py`), and every later one is answered as `over_limit`, so a
+step is bounded; text that opens a
 call the parser cannot read is one `malformed` call whose error is the reply, and the trajectory
 goes on, so the model can learn to write calls. Not covered: parallel execution of several
 calls of one turn.
@@ -45,8 +47,15 @@ def _request():
 class ToolEnvironment:
     """One trajectory's tools (see the module docstring)."""
 
-    def __init__(self, tools: dict[str, Callable[..., Any]], parser: Any, timeout_s: float):
-        self.tools, self.parser, self.timeout_s = tools, parser, timeout_s
+    def __init__(
+        self, tools: dict[str, Callable[..., Any]], parser: Any, timeout_s: float, max_calls: int
+    ):
+        self.tools, self.parser, self.timeout_s, self.max_calls = (
+            tools,
+            parser,
+            timeout_s,
+            max_calls,
+        )
 
     def schemas(self) -> list[dict[str, Any]]:
         return [schema(fn) for fn in self.tools.values()]
@@ -61,9 +70,14 @@ class ToolEnvironment:
                 return Step([{"role": "tool", "content": reply}], tool_calls=[record])
             return Step(done=True)
         messages, records = [], []
-        for call in parsed.tool_calls:
+        for i, call in enumerate(parsed.tool_calls):
             name, arguments = call.function.name, call.function.arguments
-            reply, record = call_tool(self.tools, name, arguments, self.timeout_s)
+            if i < self.max_calls:
+                reply, record = call_tool(self.tools, name, arguments, self.timeout_s)
+            else:
+                error = f"at most {self.max_calls} tool calls run per turn; this one did not run"
+                reply = "error: " + error
+                record = {"name": name, "outcome": "over_limit", "input": arguments, "error": error}
             messages.append({"role": "tool", "content": reply})
             records.append(record)
         return Step(messages, tool_calls=records)

@@ -10,7 +10,8 @@ that runs it in a confined runner process as `code_tests` runs generated code
 (`reward/python_tool.py`), never in the driver. Guarantees: `call_tool` never raises for
 anything the model wrote. Every outcome is `ok` or one
 of `FAILURE_KINDS`: `unknown` (no tool of that name), `malformed` (arguments that are not a JSON
-object or do not fit the signature), `timeout`, `crash` (the tool raised). `calculator`
+object or do not fit the signature), `timeout`, `crash` (the tool raised), `over_limit` (a
+call past `max_tool_calls_per_turn`, not run; `tool_env.py`). `calculator`
 evaluates arithmetic only (numbers, + - * / // % **, parentheses) by walking Python's parse
 tree, with bounded exponents and result sizes, so no expression runs code or takes long.
 Not guaranteed: a user tool that ignores its timeout keeps its thread busy (the call is still
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-FAILURE_KINDS = ("unknown", "malformed", "timeout", "crash")
+FAILURE_KINDS = ("unknown", "malformed", "timeout", "crash", "over_limit")
 
 _OPERATORS: dict[type, Callable[..., Any]] = {
     ast.Add: operator.add,

@@ -258,8 +258,16 @@ class RunnerProcess:
 
     def read_output(self, limit: int, deadline: float) -> bytes | None:
         """The program's stdout once it has exited with status 0; None when it fails, writes
-        more than `limit` bytes or has not exited by `deadline`. After the runner exits, only
-        what it wrote is read: a grandchild that keeps stdout open is not waited for."""
+        more than `limit` bytes or has not exited by `deadline`."""
+        output, failure = self.read(limit, deadline)
+        return None if failure else output
+
+    def read(self, limit: int, deadline: float) -> tuple[bytes, str]:
+        """What the program wrote to stdout (at most `limit` bytes) and why it failed: "" when
+        it exited with status 0, else `ended with exit status N`, `was killed by signal N`,
+        `printed more than N bytes` or `was still running at its deadline`. After the runner
+        exits, only what it wrote is read: a grandchild that keeps stdout open is not waited
+        for."""
         stdout = self.stdout
         os.set_blocking(stdout, False)
         poller = select.poll()
@@ -274,14 +282,19 @@ class RunnerProcess:
                     break
                 eof = not chunk
                 size += len(chunk)
-                if size > limit:
-                    return None
                 chunks.append(chunk)
+                if size > limit:
+                    return b"".join(chunks)[:limit], f"printed more than {limit} bytes"
             if status is not None:
-                return b"".join(chunks) if status == 0 else None
+                output = b"".join(chunks)
+                if status == 0:
+                    return output, ""
+                if status > 0:
+                    return output, f"ended with exit status {status}"
+                return output, f"was killed by signal {-status}"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return b"".join(chunks), "was still running at its deadline"
             if eof:  # stdout closed, exit status soon
                 time.sleep(min(remaining, 0.002))
             else:  # wake now and then: a grandchild may hold stdout after the runner exits
@@ -347,15 +360,19 @@ def _ms(seconds: float) -> int:
 
 MAX_TOOL_OUTPUT_BYTES = 16384
 """Most a `python` tool call may print (more is a failed call)."""
+MAX_TOOL_ERROR_CHARS = 1000
+"""How much of a failed call's output (its traceback) the model reads."""
 
 
 def run_python(
     code: str, *, timeout_s: float, memory_mb: int = 512, isolation: str | None = None
 ) -> str:
-    """Run `code` as a program in a confined runner, as a stdin/stdout case runs (empty stdin),
-    and return what it printed. Raises RuntimeError when it exits with an error or is killed,
-    prints more than `MAX_TOOL_OUTPUT_BYTES`, runs past `timeout_s` (its process group is
-    killed by then), or the runner cannot start or confine itself."""
+    """Run `code` as a program in a confined runner, as a stdin/stdout case runs (empty stdin)
+    but with stderr joined to stdout, and return what it printed. Raises RuntimeError, whose
+    message says why and ends with the last `MAX_TOOL_ERROR_CHARS` it printed (the traceback),
+    when it exits with an error or is killed, prints more than `MAX_TOOL_OUTPUT_BYTES`, runs
+    past `timeout_s` (its process group is killed by then), or the runner cannot start or
+    confine itself."""
     if isolation is not None and isolation not in LEVELS:
         raise ValueError(f"isolation is {isolation!r}; use one of {', '.join(LEVELS)}")
     with tempfile.TemporaryDirectory(prefix="cohort-tool-", ignore_cleanup_errors=True) as cwd:
@@ -366,14 +383,16 @@ def run_python(
             cpu_s=timeout_s + 1.0,
             write_dir=cwd,
         )
-        runner = RunnerProcess.start({"mode": "program", "code": code}, policy, cwd)
+        spec = {"mode": "program", "code": code, "stderr_to_stdout": True}
+        runner = RunnerProcess.start(spec, policy, cwd)
         try:
-            output = runner.read_output(MAX_TOOL_OUTPUT_BYTES, time.monotonic() + timeout_s)
+            output, failure = runner.read(MAX_TOOL_OUTPUT_BYTES, time.monotonic() + timeout_s)
         finally:
             runner.close()
-    if output is None:
-        raise RuntimeError(
-            f"the program raised or was killed, ran past {timeout_s:g} s, or printed more than "
-            f"{MAX_TOOL_OUTPUT_BYTES} bytes"
-        )
-    return output.decode("utf-8", "replace")
+    text = output.decode("utf-8", "replace")
+    if failure:
+        if failure.startswith("was still running"):
+            failure = f"ran past {timeout_s:g} s"
+        tail = "" if failure.startswith("printed") else text[-MAX_TOOL_ERROR_CHARS:].strip()
+        raise RuntimeError(f"the program {failure}" + (f"; it printed:\n{tail}" if tail else ""))
+    return text

@@ -8,7 +8,8 @@ included), moves into the policy's `write_dir`, and answers `{"confined": [layer
 `{"fatal": message}` on the replies pipe before any code of the completion runs. Then:
 
 - mode `program`: closes both pipes and runs the code as `__main__` with the stdin, stdout and
-  exit status the judge gave it (a stdin/stdout case; one process per case).
+  exit status the judge gave it (a stdin/stdout case; one process per case); with
+  `stderr_to_stdout` (the `python` tool) its stderr, the traceback included, goes to stdout.
 - mode `functions`: runs the code once as module `__solution__` (stdout/stderr are /dev/null),
   answers `{"loaded": true, "globals": [names], "modules": {name: module name}}` or
   `{"loaded": false}`, then answers requests, one wire line each, until the pipe closes. A
@@ -74,6 +75,9 @@ def main(requests_fd: int, replies_fd: int) -> None:
     if spec["mode"] == "program":
         requests.close()
         os.close(replies)
+        if spec.get("stderr_to_stdout"):  # the python tool: the model reads its traceback
+            os.dup2(1, 2)
+            sys.stdout.reconfigure(line_buffering=True)  # lines in the order they were written
         _run_program(spec["code"])
     else:
         _serve(spec["code"], spec["load_s"], requests, replies)
@@ -96,8 +100,10 @@ def _run_program(source: str) -> None:
         status = _exit_status(e.code)
     except BaseException:
         status = 1
-        with contextlib.suppress(BaseException):
-            sys.excepthook(*sys.exc_info())
+        kind, value, tb = sys.exc_info()
+        with contextlib.suppress(BaseException):  # the traceback starts in the completion
+            value = value.with_traceback(tb.tb_next if tb is not None else None)
+            sys.excepthook(kind, value, value.__traceback__)
     with contextlib.suppress(BaseException):
         if "threading" in sys.modules:
             sys.modules["threading"]._shutdown()

@@ -23,5 +23,12 @@ class PythonToolActor:
         code_exec.set_policy(Policy(level=isolation))
         self.memory_mb = memory_mb
 
-    def run(self, code: str, timeout_s: float) -> str:
-        return code_exec.run_python(code, timeout_s=timeout_s, memory_mb=self.memory_mb)
+    def run(self, code: str, timeout_s: float) -> dict[str, str]:
+        """`{"output": what it printed}` or `{"error": why it failed, with its traceback}`:
+        returned, not raised, so the model reads the program's error and not Ray's."""
+        try:
+            return {
+                "output": code_exec.run_python(code, timeout_s=timeout_s, memory_mb=self.memory_mb)
+            }
+        except RuntimeError as e:
+            return {"error": str(e)}

@@ -42,6 +42,9 @@ class EnvironmentConfig:
     tool_timeout_s: float = 10.0
     """Wall-clock limit of one tool call (the model reads the `timeout` failure as the tool's
     reply), and of one step of a user environment (past it the trajectory ends)."""
+    max_tool_calls_per_turn: int = 4
+    """Tool calls run per model turn; the ones after them are answered as `over_limit`
+    failures without running, so one turn takes at most this many x tool_timeout_s."""
     max_tool_failure_rate: float = 1.0
     """Stop the run (exit code 3) when more than this fraction of a step's tool calls failed
     and there were at least 16; 1 = never (malformed calls are the model's to unlearn)."""
@@ -82,6 +85,12 @@ class EnvironmentConfig:
             "must be >= 0 (0 = prompt + max_turns x max_new_tokens)",
         )
         require(self.tool_timeout_s > 0, key + ".tool_timeout_s", self.tool_timeout_s, "> 0")
+        require(
+            self.max_tool_calls_per_turn >= 1,
+            key + ".max_tool_calls_per_turn",
+            self.max_tool_calls_per_turn,
+            "must be >= 1",
+        )
         require(
             0 < self.max_tool_failure_rate <= 1,
             key + ".max_tool_failure_rate",

@@ -183,6 +183,11 @@ def test_the_python_tool_runs_in_its_own_actor(ray_local):
         assert python(f"import os; print(os.getpid() != {os.getpid()})") == "True\n"
         reply, record = call_tool({"python": python}, "python", {"code": "while 1: pass"}, 3.0)
         assert record["outcome"] == "crash" and "ran past 2 s" in reply  # killed at its deadline
+        reply, record = call_tool({"python": python}, "python", {"code": "x = 1\nprint(y)"}, 3.0)
+        assert record["outcome"] == "crash" and reply.startswith("error: RuntimeError: the")
+        assert reply.endswith(
+            "File \"<completion>\", line 2, in <module>\nNameError: name 'y' is not defined"
+        )
     finally:
         set_python_runner(None)
         ray.kill(actor)

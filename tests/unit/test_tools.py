@@ -103,6 +103,20 @@ def test_a_call_the_parser_cannot_read_is_malformed_and_the_trajectory_goes_on(t
     assert record["outcome"] == "malformed" and "calculator" in record["input"]
 
 
+def test_calls_past_the_per_turn_limit_do_not_run(tmp_path, tiny_model):
+    (tmp_path / "tick.py").write_text(
+        "ran = []\n\n\ndef tick() -> str:\n"
+        '    """Count a call."""\n    ran.append(1)\n    return str(len(ran))\n'
+    )
+    cfg = EnvironmentConfig(name="tools", tools=["tick.py:tick"], max_tool_calls_per_turn=2)
+    env = environment_factory(cfg, AutoTokenizer.from_pretrained(tiny_model), tmp_path)()
+    step = env.step('<tool_call>{"name": "tick", "arguments": {}}</tool_call>' * 5)
+    assert [c["outcome"] for c in step.tool_calls] == ["ok"] * 2 + ["over_limit"] * 3
+    assert [m["content"] for m in step.messages] == ["1", "2"] + [
+        "error: at most 2 tool calls run per turn; this one did not run"
+    ] * 3
+
+
 def test_a_turn_without_a_call_ends_the_trajectory(tools_env):
     step = tools_env().step("the answer is 408")
     assert step.done and step.tool_calls == []
@@ -151,6 +165,7 @@ def test_tool_entries_are_checked(tmp_path):
         ("rollout.environment.name=gym", "the built-in is `tools`"),
         ("rollout.environment.name=tools", "needs at least one tool"),
         ("rollout.environment.max_turns=0", "must be >= 1"),
+        ("rollout.environment.max_tool_calls_per_turn=0", "max_tool_calls_per_turn.*must be >= 1"),
         ("rollout.environment.fn=envs", "path/to/file.py:ClassName"),
     ],
 )
@@ -159,8 +174,8 @@ def test_environment_config_checks(override, message):
         load_config("configs/smoke.yaml", [override])
 
 
-def trajectory(outcomes: list[str], finish="stop", turns=2) -> Sample:
-    calls = [{"name": "calculator", "outcome": o, "input": "{}", "error": ""} for o in outcomes]
+def trajectory(outcomes: list[str], finish="stop", turns=2, name="calculator") -> Sample:
+    calls = [{"name": name, "outcome": o, "input": "{}", "error": ""} for o in outcomes]
     return Sample([1, 2], "x", [0.0, 0.0], finish, 0, [1, 0], [], turns, calls)
 
 
@@ -201,13 +216,34 @@ def test_multi_turn_metrics():
     assert m["tools/calculator/ok"] == 2 and m["tools/calculator/timeout"] == 1
 
 
+def test_tool_names_the_model_made_up_do_not_become_metric_keys():
+    made_up = [trajectory(["unknown"], name=f"tool_{i}") for i in range(50)]
+    made_up += [trajectory(["over_limit"], name=f"other_{i}") for i in range(50)]
+    m = multi_turn_metrics([Group(Prompt("p", "", [1]), made_up)])
+    tool_keys = {k for k in m if k.startswith("tools/")}
+    assert tool_keys == {
+        "tools/calls_per_trajectory",
+        "tools/failure_frac",
+        "tools/unknown",
+        "tools/over_limit",
+    }
+    assert m["tools/unknown"] == m["tools/over_limit"] == 50
+
+
 def test_the_python_tool_runs_programs_in_a_confined_runner():
     run = lambda code, t=3.0: run_python(code, timeout_s=t, isolation="best_effort")  # noqa: E731
     assert run("print(6 * 7)") == "42\n"
     assert run("import os; print(os.getcwd().startswith('/tmp'), os.listdir('.'))") == "True []\n"
-    with pytest.raises(RuntimeError, match="raised or was killed"):
+    with pytest.raises(RuntimeError, match="^the program ended with exit status 3$"):
         run("raise SystemExit(3)")
-    with pytest.raises(RuntimeError, match="printed more than"):
+    with pytest.raises(RuntimeError) as error:  # the model reads its own traceback, nothing else
+        run("import sys\nprint('so far')\n1 / 0")
+    assert str(error.value) == (
+        "the program ended with exit status 1; it printed:\nso far\nTraceback (most recent "
+        'call last):\n  File "<completion>", line 3, in <module>\n'
+        "ZeroDivisionError: division by zero"
+    )
+    with pytest.raises(RuntimeError, match="printed more than 16384 bytes$"):
         run("print('x' * 100000)")
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="ran past 0.5 s"):
