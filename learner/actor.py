@@ -36,7 +36,7 @@ import torch
 from core import faults
 from core.config import AlgorithmConfig, LearnerConfig, ModelConfig, RolloutConfig, TrainerConfig
 from core.records import ScoredGroup
-from learner import checkpoint, export, grpo, lora, losses
+from learner import checkpoint, export, grpo, head, lora, losses
 from learner.advantages import compute_advantages
 from learner.batch import (
     BatchPlan,
@@ -349,13 +349,10 @@ class LearnerActor:
         a = self.algorithm
         mb, ids = data.micro[i], data.micro_indices[i]
         num_tokens, num_seqs = data.minibatch_counts(i)
-        logits = self._logits(self.engine, mb)  # [B, C, V]
-        targets, mask = mb.targets.to(logits.device), mb.mask.to(logits.device)  # [B, C]
-        sampler = mb.sampler_logprobs.to(logits.device)  # [B, C]
-        logp = grpo.token_logprobs(logits, targets, self._temperature)  # [B, C]
-        entropy = grpo.entropy_from_logits(
-            logits if a.entropy_coef > 0 else logits.detach(), self._temperature
-        )  # [B, C]
+        entropy_kind = "grad" if a.entropy_coef > 0 else "value"
+        logp, entropy = self._token_stats(self.engine, mb, self._temperature, entropy_kind)
+        mask = mb.mask.to(logp.device)  # [B, C]
+        sampler = mb.sampler_logprobs.to(logp.device)  # [B, C]
         old_logp = old[i] if old else logp.detach()  # [B, C]
         loss, stats = grpo.policy_loss(
             logp,
@@ -363,7 +360,7 @@ class LearnerActor:
             sampler,
             ref[i] if ref and a.kl_in == "loss" else None,
             entropy if a.entropy_coef > 0 else None,
-            advantages[ids].to(logits.device),
+            advantages[ids].to(logp.device),
             mask,
             num_tokens=num_tokens,
             num_seqs=num_seqs,
@@ -441,22 +438,23 @@ class LearnerActor:
             "time/train_logprobs": logprob_s,
         }
 
-    def _logits(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
-        """Logits predicting the completion columns only: the head and the softmax over the
-        vocabulary are not computed for prompt positions."""
+    def _token_stats(
+        self, model: torch.nn.Module, mb: MicroBatch, temperature: float, entropy: str = "none"
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, C] log-probs, [B, C] entropies
+        """`head.completion_token_stats` of micro-batch `mb` on this rank's device."""
         device = self.engine.device
-        out = model(
-            input_ids=mb.input_ids.to(device),
-            attention_mask=mb.attention_mask.to(device),
-            position_ids=mb.position_ids.to(device),
-            logits_to_keep=mb.targets.shape[1] + 1,
-        )
-        return out.logits[:, :-1]  # [B, C, V]: the column before each completion token
+        inputs = {
+            "input_ids": mb.input_ids.to(device),
+            "attention_mask": mb.attention_mask.to(device),
+            "position_ids": mb.position_ids.to(device),
+        }
+        chunk = self.learner.logprob_chunk_tokens
+        targets = mb.targets.to(device)
+        return head.completion_token_stats(model, inputs, targets, temperature, chunk, entropy)
 
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:  # [B, C]
         with torch.no_grad():
-            logits = self._logits(model, mb)
-            return grpo.token_logprobs(logits, mb.targets.to(logits.device), self._temperature)
+            return self._token_stats(model, mb, self._temperature)[0]
 
     @property
     def _temperature(self) -> float:
@@ -528,8 +526,7 @@ class LearnerActor:
         mb = collate([sample], self.pad_id)
         which = self._reference() if reference else nullcontext(self.engine.module)
         with torch.no_grad(), which as model:
-            logits = self._logits(model, mb)
-            logp = grpo.token_logprobs(logits, mb.targets.to(logits.device))
+            logp, _ = self._token_stats(model, mb, temperature=1.0)
         return logp[0].tolist()
 
     def offload_states(self) -> None:

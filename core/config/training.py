@@ -105,6 +105,13 @@ class LearnerConfig:
     by length and split so that a micro-batch's padded tokens (rows x longest row) stay within
     this budget where possible (less padding, fewer passes); every rank uses the same number of
     micro-batches. 0 = fixed `micro_batch_size` rows in sample order."""
+    logprob_chunk_tokens: int = 256
+    """Token log-probabilities and entropies are computed from the last hidden state through
+    the output head this many positions at a time (checkpointed, `learner/head.py`), so the
+    [B, C, V] logits never exist at once: at 4k tokens per sequence SmolLM2's peak learner
+    memory halves for 2% more time (benchmarks/logprob_memory.py). For model types whose
+    logits are plainly head(hidden) (llama, qwen2/3, mistral, olmo, smollm3); others use full
+    logits. 0 = full logits always."""
     num_threads: int = 0
     """torch CPU threads per learner rank (0 = the machine's cores / world size, or the number of
     `cpu_cores` when set)."""
@@ -133,6 +140,12 @@ class LearnerConfig:
         require(len(self.betas) == 2, "learner.betas", self.betas, "needs two values")
         require(
             self.micro_batch_size >= 1, "learner.micro_batch_size", self.micro_batch_size, ">= 1"
+        )
+        require(
+            self.logprob_chunk_tokens >= 0,
+            "learner.logprob_chunk_tokens",
+            self.logprob_chunk_tokens,
+            "must be >= 0 (0 = full logits)",
         )
         require(
             self.micro_batch_tokens >= 0,

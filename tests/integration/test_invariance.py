@@ -1,6 +1,7 @@
 """Invariance of the learner to how a batch is split: micro-batch size x accumulation steps, token
-budgets (length-sorted micro-batches of uneven sizes and counts, the step boundary set by hand)
-and 1 vs 2 DeepSpeed ranks give the same loss and the same gradient, for every loss aggregation.
+budgets (length-sorted micro-batches of uneven sizes and counts, the step boundary set by hand),
+1 vs 2 DeepSpeed ranks, and log-probabilities through the output head in chunks give the same
+loss and the same gradient, for every loss aggregation.
 
 Each aggregation divides by token and sequence counts of the whole mini-batch (not of each
 micro-batch), so the split cannot change the result; this test checks that on the real
@@ -31,6 +32,14 @@ SPLITS = {
         "learner.micro_batch_size=8",
         "learner.zero_stage=2",
     ],
+    # Log-probabilities and entropies from the last hidden state, 5 positions at a time, with
+    # the head's weight gathered by ZeRO-3 for each chunk (the others run in one chunk).
+    "2 ranks ZeRO-3 x 1 micro-batch of 8, head in chunks of 5": [
+        "learner.world_size=2",
+        "learner.micro_batch_size=8",
+        "learner.zero_stage=3",
+        "learner.logprob_chunk_tokens=5",
+    ],
     # The batch's sequences are 9-14 tokens. Budget 40: 6 micro-batches of 2-3 rows on 1 rank;
     # on 2 ranks, rank 1 needs 4 and rank 0 splits one of its 3 to match.
     "1 rank x token budget 40": ["learner.world_size=1", "learner.micro_batch_tokens=40"],
@@ -47,7 +56,12 @@ KL_CASES = {
     "KL in the reward": ["algorithm.kl_in=reward"],
 }
 KL_SPLITS = {
-    "KL in the loss": [REFERENCE, "2 ranks x 2 micro-batches of 4", "2 ranks x token budget 40"],
+    "KL in the loss": [
+        REFERENCE,
+        "2 ranks x 2 micro-batches of 4",
+        "2 ranks x token budget 40",
+        "2 ranks ZeRO-3 x 1 micro-batch of 8, head in chunks of 5",
+    ],
     "KL in the reward": [REFERENCE, "2 ranks x token budget 40"],
 }
 CASES = {a: [f"algorithm.loss_aggregation={a}"] for a in AGGREGATIONS} | {

@@ -115,8 +115,10 @@ class SharedPolicy:
             sample = FlatSample(prompt_ids, completion_ids, [0.0] * len(completion_ids), True)
             mb = collate([sample], actor.pad_id)
             taken = actor._logprobs(actor.engine.module, mb)[0]  # [C]
-            with torch.no_grad():
-                logits = actor._logits(actor.engine.module, mb)[0].float()  # [C, V]
+            with torch.no_grad():  # the model's own logits, not the learner's path to them
+                logits = actor.engine.module(
+                    input_ids=mb.input_ids, attention_mask=mb.attention_mask
+                ).logits[0, len(prompt_ids) - 1 : -1]  # [C, V]: the column before each token
             return taken.tolist(), logits
 
         rank0 = self.learner.ranks[0]
