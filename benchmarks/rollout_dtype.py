@@ -23,13 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.hardware import NATIVE_BF16_FLAGS, cpu_flags  # noqa: E402
+
 WORKLOADS = {"demo step": (8, 45, 8, 24), "multi-turn first turn": (4, 300, 8, 40)}
 """name -> (prompts, prompt tokens, samples per prompt, completion tokens)"""
 
 
 def cpu_bf16_support() -> list[str]:
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0].split()
-    return [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return [f for f in ("avx512f", *NATIVE_BF16_FLAGS) if f in cpu_flags()]
 
 
 def main() -> None:

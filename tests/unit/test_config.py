@@ -177,3 +177,17 @@ def test_lora_settings_that_cannot_work_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
         load_config("configs/smoke.yaml", ["learner.lora.rank=16", *overrides])
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "overrides", "dtype"),
+    [
+        (False, [], "float32"),  # AVX2 or AVX-512 without BF16: bfloat16 would be converted
+        (True, [], "bfloat16"),  # AVX-512 BF16 or AMX
+        (False, ["cluster.use_gpu=true"], "bfloat16"),
+        (True, ["model.rollout_dtype=float32"], "float32"),  # what the user wrote wins
+    ],
+)
+def test_rollout_dtype_auto_follows_the_hardware(monkeypatch, native_bf16, overrides, dtype):
+    monkeypatch.setattr("core.config.load.cpu_has_native_bf16", lambda: native_bf16)
+    assert load_config("configs/demo.yaml", overrides).model.rollout_dtype == dtype
