@@ -149,7 +149,10 @@ class LearnerActor:
         """Hold a reference model exactly when `algorithm.kl_coef` > 0 and the whole policy
         trains (with LoRA the base model under the adapters is the reference)."""
         if self._has_reference and not self.learner.lora.rank and self.ref_model is None:
-            self.ref_model = load_reference(self.model_path, self.engine.device)
+            plan = self._plan(self.rollout.prompts_per_step * self.rollout.group_size)
+            self.ref_model = load_reference(
+                self.model_path, self.engine.device, plan, self.learner.zero_stage
+            )
         elif not self._has_reference:
             self.ref_model = None
 
@@ -175,6 +178,7 @@ class LearnerActor:
             a.updates_per_batch,
             lc.micro_batch_size,
             lc.micro_batch_tokens,
+            lc.pack_sequences,
         )
 
     # -----------------------------------------------------------------------------------------
@@ -320,10 +324,7 @@ class LearnerActor:
 
     def _forward_flops(self, mb: MicroBatch) -> float:
         """Model FLOPs of one forward pass over the micro-batch's real tokens."""
-        completion_cols = mb.targets.shape[1]
-        tokens = mb.attention_mask.sum(1)  # [B]
-        scored = mb.attention_mask[:, -completion_cols:].sum(1)  # [B] completion tokens
-        return self.flop_model.forward(tokens, scored)
+        return self.flop_model.forward(mb.lengths, mb.completion_lengths)
 
     def _inject_faults(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         """`trainer.fault_injection` on the batch's first micro-batch (core/faults.py):
@@ -443,14 +444,14 @@ class LearnerActor:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, C] log-probs, [B, C] entropies
         """`head.completion_token_stats` of micro-batch `mb` on this rank's device."""
         device = self.engine.device
-        inputs = {
-            "input_ids": mb.input_ids.to(device),
-            "attention_mask": mb.attention_mask.to(device),
-            "position_ids": mb.position_ids.to(device),
-        }
-        chunk = self.learner.logprob_chunk_tokens
-        targets = mb.targets.to(device)
-        return head.completion_token_stats(model, inputs, targets, temperature, chunk, entropy)
+        inputs = {"input_ids": mb.input_ids.to(device), "position_ids": mb.position_ids.to(device)}
+        if mb.attention_mask is not None:  # padded rows (packed ones have none)
+            inputs["attention_mask"] = mb.attention_mask.to(device)
+        gather = mb.gather.to(device) if mb.gather is not None else None
+        chunk, targets = self.learner.logprob_chunk_tokens, mb.targets.to(device)
+        return head.completion_token_stats(
+            model, inputs, targets, temperature, chunk, entropy, gather
+        )
 
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:  # [B, C]
         with torch.no_grad():

@@ -9,7 +9,8 @@ multi-turn trajectory, padding and excluded samples never reach the loss. Micro-
 are lists of flat sample indices: fixed-size runs in sample order, or, under a token budget,
 each rank's mini-batch sorted by length and cut so that rows x longest row fits the budget,
 with the same number of micro-batches on every rank and no sample leaving its mini-batch.
-Not covered: packing several sequences into one row (padding within a micro-batch remains).
+With `pack`, a micro-batch is one row of its samples back to back (no padding at all), and
+a token budget counts the samples' tokens instead of rows x longest row.
 """
 
 from __future__ import annotations
@@ -45,20 +46,31 @@ class FlatSample:
 
 @dataclass
 class MicroBatch:
-    """Layout [left pad | prompt | completion | right pad]: every completion starts at the
-    same column, so the model computes logits for the completion columns only."""
+    """B samples as the model reads them (`input_ids`, `attention_mask`, `position_ids`) and
+    as the loss reads them ([B, C]: sample b's completion tokens from column 0, C = the
+    longest completion).
 
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    position_ids: torch.Tensor  # [B, L] 0 at each prompt's first token
+    Padded (`collate`): rows [left pad | prompt | completion | right pad], R = B; every
+    completion starts at the same column, so the model computes logits for the completion
+    columns only. Packed (`pack`): one row of every sample's prompt and completion back to
+    back, R = 1, positions restarting at 0 for each sample and no attention mask (the model
+    keeps attention within each sample, transformers reading the boundaries from the
+    positions); `gather` picks each target's preceding position out of the row."""
+
+    input_ids: torch.Tensor  # [R, L]
+    attention_mask: torch.Tensor | None  # [R, L]; None when packed
+    position_ids: torch.Tensor  # [R, L] 0 at each prompt's first token
     targets: torch.Tensor  # [B, C] completion tokens, C = longest completion
     mask: torch.Tensor  # [B, C] 1 on completion tokens of valid samples
     sampler_logprobs: torch.Tensor  # [B, C] vLLM's logprobs of the targets
+    lengths: torch.Tensor  # [B] prompt + completion tokens
+    completion_lengths: torch.Tensor  # [B]
+    gather: torch.Tensor | None = None  # [B, C] packed: flat index into [R * L] before each target
 
     @property
     def real_tokens(self) -> int:
         """Prompt and completion tokens (the positions that are not padding)."""
-        return int(self.attention_mask.sum())
+        return int(self.lengths.sum())
 
     @property
     def positions(self) -> int:
@@ -109,6 +121,43 @@ def collate(samples: list[FlatSample], pad_id: int) -> MicroBatch:
         targets=input_ids[:, p:],
         mask=mask,
         sampler_logprobs=sampler,
+        lengths=attention.sum(1),
+        completion_lengths=torch.tensor([len(s.completion_ids) for s in samples]),
+    )
+
+
+def pack(samples: list[FlatSample], pad_id: int) -> MicroBatch:
+    """All samples in one row, prompt + completion after prompt + completion, no padding; the
+    [B, C] tensors as `collate` makes them."""
+    c = max(1, max(len(s.completion_ids) for s in samples))
+    b = len(samples)
+    ids, positions = [], []
+    gather = torch.zeros((b, c), dtype=torch.long)
+    targets = torch.full((b, c), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, c))
+    sampler = torch.zeros((b, c))
+    for i, s in enumerate(samples):
+        n_p, n_c = len(s.prompt_ids), len(s.completion_ids)
+        start = len(ids)
+        ids += s.prompt_ids + s.completion_ids
+        positions += range(n_p + n_c)
+        # The position before completion token j is the sample's (n_p - 1 + j)-th.
+        gather[i, :n_c] = torch.arange(start + n_p - 1, start + n_p - 1 + n_c)
+        targets[i, :n_c] = torch.tensor(s.completion_ids)
+        mask[i, :n_c] = float(s.valid)
+        if s.loss_mask:
+            mask[i, :n_c] *= torch.tensor(s.loss_mask, dtype=mask.dtype)
+        sampler[i, :n_c] = torch.tensor(s.sampler_logprobs[:n_c])
+    return MicroBatch(
+        input_ids=torch.tensor([ids]),
+        attention_mask=None,
+        position_ids=torch.tensor([positions]),
+        targets=targets,
+        mask=mask,
+        sampler_logprobs=sampler,
+        lengths=torch.tensor([len(s.prompt_ids) + len(s.completion_ids) for s in samples]),
+        completion_lengths=torch.tensor([len(s.completion_ids) for s in samples]),
+        gather=gather,
     )
 
 
@@ -128,6 +177,8 @@ class BatchPlan:
     updates: int
     micro_batch_size: int
     micro_batch_tokens: int = 0
+    pack: bool = False
+    """Micro-batches are packed rows: a token budget counts real tokens, not rows x longest."""
 
     def __post_init__(self):
         rows = 1 if self.micro_batch_tokens else self.micro_batch_size
@@ -174,8 +225,8 @@ class BatchPlan:
         mini-batch (`lengths[i]` = sample i's prompt + completion tokens).
 
         Without a token budget: `micro_slices`. With one, each mini-batch's samples of this
-        rank are sorted by length (longest first, stable) and cut greedily so that rows x
-        longest row <= `micro_batch_tokens` (a longer sample is a micro-batch of its own).
+        rank are sorted by length (longest first, stable) and cut greedily so that `cost` <=
+        `micro_batch_tokens` (a longer sample is a micro-batch of its own).
         Every rank then uses the largest count of any rank for that mini-batch (backward and
         step are collectives): a rank with fewer splits its largest micro-batch until it has
         as many. Samples never change mini-batch, so `minibatch_counts` holds either way.
@@ -187,7 +238,7 @@ class BatchPlan:
         for k in range(self.updates):
             cuts = [self._greedy_cut(self._update_indices(r, k), lengths) for r in ranks]
             count = max(len(c) for c in cuts)
-            batches += _split_to_count(cuts[rank], count, lengths)
+            batches += _split_to_count(cuts[rank], count, lengths, self.cost)
         return batches
 
     def _update_indices(self, rank: int, k: int) -> list[int]:
@@ -200,11 +251,18 @@ class BatchPlan:
         batches: list[list[int]] = []
         for i in sorted(indices, key=lambda i: -lengths[i]):
             last = batches[-1] if batches else []
-            if last and (len(last) + 1) * lengths[last[0]] <= self.micro_batch_tokens:
+            if last and self.cost(last + [i], lengths) <= self.micro_batch_tokens:
                 last.append(i)
             else:
                 batches.append([i])
         return batches
+
+    def cost(self, batch: list[int], lengths: list[int]) -> int:
+        """Positions a micro-batch of longest-first `batch` computes: its tokens when packed,
+        else rows x longest row."""
+        if self.pack:
+            return sum(lengths[i] for i in batch)
+        return len(batch) * lengths[batch[0]]
 
     def minibatch_counts(self, tokens: list[int], index: int) -> tuple[float, float]:
         """Loss tokens and sequences with any loss token in the mini-batch that holds flat
@@ -214,15 +272,16 @@ class BatchPlan:
         return float(sum(members)), float(sum(n > 0 for n in members))
 
 
-def _split_to_count(batches: list[list[int]], count: int, lengths: list[int]) -> list[list[int]]:
-    """Split the micro-batch with the most rows (then the most padded tokens; the first of
-    equals) into two halves in its place until there are `count`; order is kept. Needs `count`
-    <= the number of samples."""
+def _split_to_count(
+    batches: list[list[int]], count: int, lengths: list[int], cost
+) -> list[list[int]]:
+    """Split the micro-batch with the most rows (then the highest `cost`; the first of equals)
+    into two halves in its place until there are `count`; order is kept. Needs `count` <= the
+    number of samples."""
     batches = list(batches)
 
     def size(j: int) -> tuple[int, int]:
-        rows = len(batches[j])
-        return rows, rows * lengths[batches[j][0]]
+        return len(batches[j]), cost(batches[j], lengths)
 
     while len(batches) < count:
         j = max(range(len(batches)), key=size)
@@ -261,6 +320,7 @@ def rank_batch(samples: list[FlatSample], plan: BatchPlan, rank: int, pad_id: in
     """`samples` (the whole batch, flat) with `rank`'s micro-batches under `plan` collated."""
     lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
     micro_indices = plan.micro_batches(rank, lengths)
-    micro = [collate([samples[i] for i in ids], pad_id) for ids in micro_indices]
+    make = pack if plan.pack else collate
+    micro = [make([samples[i] for i in ids], pad_id) for ids in micro_indices]
     loss_tokens = [s.loss_tokens for s in samples]
     return RankBatch(plan, micro_indices, micro, loss_tokens)

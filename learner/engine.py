@@ -98,13 +98,30 @@ def ds_config(plan: BatchPlan, learner: LearnerConfig, bf16: bool) -> dict[str, 
     }
 
 
-def load_reference(model_path: str, device: torch.device) -> torch.nn.Module:
-    """The frozen reference policy (the initial weights) on `device`, in eval mode."""
+def load_reference(
+    model_path: str, device: torch.device, plan: BatchPlan, zero_stage: int
+) -> torch.nn.Module:
+    """The frozen reference policy (the initial weights) on `device`, in eval mode. Under
+    ZeRO-3 it is sharded over the ranks like the policy (a DeepSpeed engine without an
+    optimizer; its forward passes are collective), else a full copy on each rank."""
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     ref.requires_grad_(False)
-    return ref.to(device)
+    ref.config.use_cache = False
+    if zero_stage != 3:
+        return ref.to(device)
+    import deepspeed
+
+    config = {
+        "train_micro_batch_size_per_gpu": plan.per_rank_update // plan.accumulation_steps,
+        "gradient_accumulation_steps": plan.accumulation_steps,
+        "zero_optimization": {"stage": 3},
+        "steps_per_print": 10**9,
+    }
+    engine, *_ = deepspeed.initialize(model=ref, config=config)
+    engine.eval()
+    return engine
 
 
 @contextmanager

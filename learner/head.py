@@ -83,25 +83,37 @@ def chunked_token_stats(
 
 def completion_token_stats(
     model: torch.nn.Module,  # a causal LM, a DeepSpeed engine or PEFT model of one
-    inputs: dict[str, torch.Tensor],  # input_ids, attention_mask, position_ids: [B, T]
-    targets: torch.Tensor,  # [B, C] the completion columns' tokens, the last C of T
+    inputs: dict[str, torch.Tensor],  # input_ids, position_ids (, attention_mask): [R, L]
+    targets: torch.Tensor,  # [B, C] completion tokens
     temperature: float,
     chunk_tokens: int,  # 0: full logits
     entropy: str = "none",  # "none", "value" (no gradient) or "grad"
+    gather: torch.Tensor | None = None,  # [B, C] packed rows: flat index into [R * L]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, C] log-probs, [B, C] entropies or None
     """Log-probabilities of the completion tokens (and entropies) under
-    softmax(logits / temperature); the head and the softmax run on completion columns only,
-    with `chunk_tokens` a chunk at a time (when `head_of(model)` allows), else on the full
-    [B, C, V] logits."""
+    softmax(logits / temperature). Padded rows (`gather` None): the completions are the last C
+    columns, and the head and the softmax run on those only. Packed rows: the positions are
+    picked with `gather`. With `chunk_tokens` (where `head_of(model)` allows) the head runs a
+    chunk of positions at a time, else on full logits."""
     columns = targets.shape[1]
-    parts = head_of(model) if chunk_tokens else None
+    parts = head_of(model) if chunk_tokens or gather is not None else None
+    # No KV cache: nothing is decoded, and with one transformers ignores packed positions.
+    inputs = {**inputs, "use_cache": False}
     if parts is not None:
         # The model's own forward, so a DeepSpeed engine's backward hooks sit on its outputs;
         # the last hidden state is after the final norm: the head's input.
-        out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
-        hidden = out.hidden_states[-1][:, -columns - 1 : -1]  # [B, C, H]
-        return chunked_token_stats(hidden, parts[1], targets, temperature, chunk_tokens, entropy)
-    logits = model(**inputs, logits_to_keep=columns + 1).logits[:, :-1]  # [B, C, V]
+        last = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        if gather is not None:
+            hidden = last.reshape(-1, last.shape[-1])[gather]  # [B, C, H]
+        else:
+            hidden = last[:, -columns - 1 : -1]  # [B, C, H]: the column before each target
+        chunk = chunk_tokens or hidden.shape[0] * hidden.shape[1]
+        return chunked_token_stats(hidden, parts[1], targets, temperature, chunk, entropy)
+    if gather is not None:  # a head this module does not know: every position's logits
+        logits = model(**inputs).logits
+        logits = logits.reshape(-1, logits.shape[-1])[gather]  # [B, C, V]
+    else:
+        logits = model(**inputs, logits_to_keep=columns + 1).logits[:, :-1]  # [B, C, V]
     logp = grpo.token_logprobs(logits, targets, temperature)
     if entropy == "none":
         return logp, None

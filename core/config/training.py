@@ -84,7 +84,8 @@ class LearnerConfig:
     world_size: int = 1
     """Data-parallel DeepSpeed ranks, one Ray actor each."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3 (which also shards the KL
+    reference model over the ranks instead of a full copy on each)."""
     optimizer: Literal["adamw", "sgd"] = "adamw"
     """`adamw`, or `sgd` (plain, no momentum: the update is -lr x gradient; for gradient checks
     and ablations)."""
@@ -105,6 +106,12 @@ class LearnerConfig:
     by length and split so that a micro-batch's padded tokens (rows x longest row) stay within
     this budget where possible (less padding, fewer passes); every rank uses the same number of
     micro-batches. 0 = fixed `micro_batch_size` rows in sample order."""
+    pack_sequences: bool = False
+    """Each micro-batch is one row of its samples back to back, positions restarting per
+    sample and attention kept within each (transformers reads the boundaries from the
+    positions: flash-attention varlen on GPU, a block-diagonal mask with sdpa), so no padding
+    is computed; with `micro_batch_tokens` the budget counts real tokens. Loss and gradient
+    equal the padded layout's. See docs/speed.md for when it is faster on a CPU."""
     logprob_chunk_tokens: int = 256
     """Token log-probabilities and entropies are computed from the last hidden state through
     the output head this many positions at a time (checkpointed, `learner/head.py`), so the

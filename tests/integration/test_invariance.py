@@ -1,7 +1,7 @@
 """Invariance of the learner to how a batch is split: micro-batch size x accumulation steps, token
 budgets (length-sorted micro-batches of uneven sizes and counts, the step boundary set by hand),
-1 vs 2 DeepSpeed ranks, and log-probabilities through the output head in chunks give the same
-loss and the same gradient, for every loss aggregation.
+1 vs 2 DeepSpeed ranks, log-probabilities through the output head in chunks, and packed rows
+(no padding) give the same loss and the same gradient, for every loss aggregation.
 
 Each aggregation divides by token and sequence counts of the whole mini-batch (not of each
 micro-batch), so the split cannot change the result; this test checks that on the real
@@ -39,6 +39,13 @@ SPLITS = {
         "learner.micro_batch_size=8",
         "learner.zero_stage=3",
         "learner.logprob_chunk_tokens=5",
+    ],
+    # Each micro-batch one packed row of at most 40 real tokens (3-4 samples), no padding.
+    "2 ranks ZeRO-2 x packed rows, token budget 40": [
+        "learner.world_size=2",
+        "learner.micro_batch_tokens=40",
+        "learner.pack_sequences=true",
+        "learner.zero_stage=2",
     ],
     # The batch's sequences are 9-14 tokens. Budget 40: 6 micro-batches of 2-3 rows on 1 rank;
     # on 2 ranks, rank 1 needs 4 and rank 0 splits one of its 3 to match.
@@ -155,6 +162,8 @@ def test_loss_and_gradient_do_not_depend_on_the_split(results, aggregation):
             )
         if "token budget" in name:  # sorted by length: less padding than in sample order
             assert metrics["train/padding_frac"] < ref_metrics["train/padding_frac"], name
+        if "packed" in name:
+            assert metrics["train/padding_frac"] == 0, name
 
 
 @pytest.mark.parametrize("split", KL_SPLITS["KL in the loss"][1:])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.records import Group, Prompt, Sample
-from learner.batch import BatchPlan, FlatSample, collate, flatten, rank_batch
+from learner.batch import BatchPlan, FlatSample, collate, flatten, pack, rank_batch
 
 
 def test_collate_aligns_targets_and_completion_mask():
@@ -21,6 +21,54 @@ def test_collate_aligns_targets_and_completion_mask():
     assert mb.targets.tolist() == [[3, 4, 5], [8, 0, 0]]
     assert mb.mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert torch.allclose(mb.sampler_logprobs[0], torch.tensor([-0.1, -0.2, -0.3]))
+
+
+def test_pack_puts_samples_back_to_back_with_the_padded_layouts_loss_tensors():
+    a = FlatSample([1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], valid=True)
+    b = FlatSample([7], [8], [-0.5], valid=True, loss_mask=[0])
+    packed, padded = pack([a, b], pad_id=0), collate([a, b], pad_id=0)
+    assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 7, 8]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1]]
+    assert packed.attention_mask is None
+    # the position before each target: a's 3 4 5 follow 2 3 4 (row 1-3), b's 8 follows 7 (5)
+    assert packed.gather.tolist() == [[1, 2, 3], [5, 0, 0]]
+    assert packed.input_ids[0, packed.gather[0] + 1].tolist() == [3, 4, 5]
+    for name in ("targets", "mask", "sampler_logprobs", "lengths", "completion_lengths"):
+        assert torch.equal(getattr(packed, name), getattr(padded, name)), name
+    assert (packed.real_tokens, packed.positions) == (7, 7)  # no padding at all
+
+
+def test_packed_rows_give_the_same_logprobs_and_gradients_as_padded_ones(tiny_model):
+    """Attention stays within each packed sample: the model reads the boundaries from the
+    restarting positions (chunked head or full logits alike)."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.head import completion_token_stats
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    samples = [
+        FlatSample([3, 10, 11, 12, 5, 4], [20, 21, 22], [0.0] * 3, True),
+        FlatSample([3, 13, 5, 4], [23], [0.0], True),
+        FlatSample([3, 14, 15, 5, 4], [24, 25, 26, 27, 28], [0.0] * 5, True),
+    ]
+
+    def stats(mb, chunk):
+        inputs = {"input_ids": mb.input_ids, "position_ids": mb.position_ids}
+        if mb.attention_mask is not None:
+            inputs["attention_mask"] = mb.attention_mask
+        logp, ent = completion_token_stats(model, inputs, mb.targets, 0.9, chunk, "grad", mb.gather)
+        ((logp + ent) * mb.mask).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return logp * mb.mask, grads
+
+    padded, padded_grads = stats(collate(samples, pad_id=0), 0)
+    for chunk in (0, 4):
+        packed, packed_grads = stats(pack(samples, pad_id=0), chunk)
+        torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5)
+        for g1, g0 in zip(packed_grads, padded_grads, strict=True):
+            torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
 
 
 def test_excluded_sample_has_empty_mask():
@@ -133,6 +181,20 @@ def test_token_budget_keeps_counts_equal_and_minibatches_intact(seed):
     for k in range(updates):
         counts = {sum(plan.update_of(b[0]) == k for b in batches) for batches in per_rank}
         assert len(counts) == 1, f"ranks disagree on mini-batch {k}'s micro-batch count: {counts}"
+
+
+def test_a_packed_token_budget_counts_real_tokens():
+    # the same lengths as above, budget 12 = the sum of a micro-batch's tokens
+    plan = BatchPlan(16, 2, 2, micro_batch_size=8, micro_batch_tokens=12, pack=True)
+    lengths = [3, 9, 4, 4, 5, 6, 20, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    # update 0, rank 0: 1 (9; + 4 > 12), then 2 + 3 + 0 (4 + 4 + 3); rank 1: 8-11 (8 tokens)
+    # in halves to match. Update 1, rank 0: 6 alone (20), 5 + 4 + 7 (6 + 5 + 1); rank 1: 12-15.
+    assert plan.micro_batches(0, lengths) == [[1], [2, 3, 0], [6], [5, 4, 7]]
+    assert plan.micro_batches(1, lengths) == [[8, 9], [10, 11], [12, 13], [14, 15]]
+    data = rank_batch(
+        [FlatSample([1], [2] * (n - 1), [0.0] * (n - 1), True) for n in lengths], plan, 0, 0
+    )
+    assert [mb.input_ids.shape for mb in data.micro] == [(1, 9), (1, 11), (1, 20), (1, 12)]
 
 
 def test_uneven_micro_batch_size_is_allowed_under_a_token_budget():
