@@ -14,6 +14,7 @@ that a reset learner computes bitwise what the fresh one did.
 """
 
 import pytest
+import ray
 import torch
 
 from learner.ranks import LearnerRanks
@@ -123,8 +124,22 @@ def results(ray_local, tiny_model, tmp_path_factory):
                 reset(learner, str(start), cfg.algorithm)
             key = (split, case) if (split, case) not in out else (split, case, "again")
             out[key] = one_step(learner, start_weights, kl=cfg.algorithm.kl_coef > 0)
+        out[split, "reference"] = ray.get(
+            [rank.__ray_call__.remote(reference_shard) for rank in learner.ranks]
+        )
         learner.shutdown()
     return out
+
+
+def reference_shard(actor) -> tuple[int, int] | None:
+    """Inside a rank: (parameters held, parameters of the whole reference model), or None
+    without a reference (its last case had no KL)."""
+    if actor.ref_model is None:
+        return None
+    module = getattr(actor.ref_model, "module", actor.ref_model)
+    params_ = list(module.parameters())  # under ZeRO-3 a rank's share is in `ds_tensor`
+    held = sum(getattr(p, "ds_tensor", p).numel() for p in params_)
+    return held, sum(getattr(p, "ds_numel", p.numel()) for p in params_)
 
 
 def test_a_reset_learner_repeats_a_case_bitwise(results):
@@ -174,6 +189,16 @@ def test_kl_term_is_split_invariant_too(results, split):
     assert m2["train/loss"] == pytest.approx(m1["train/loss"], rel=1e-4)
     for key in g1:
         torch.testing.assert_close(g2[key], g1[key], rtol=1e-3, atol=1e-5)
+
+
+def test_a_zero3_reference_is_sharded_over_the_ranks(results):
+    """Each ZeRO-3 rank holds only its share of the reference; the others a full copy."""
+    zero3 = "2 ranks ZeRO-3 x 1 micro-batch of 8, head in chunks of 5"
+    (held0, total), (held1, _) = results[zero3, "reference"]
+    # halves, each padded by at most one element per parameter tensor
+    assert total // 2 <= held0 <= total // 2 + 50 and total // 2 <= held1 <= total // 2 + 50
+    (held, total), _ = results["2 ranks x 2 micro-batches of 4", "reference"]
+    assert held == total
 
 
 def test_kl_penalty_is_the_same_under_a_token_budget(results):
