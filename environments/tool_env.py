@@ -5,11 +5,10 @@ Calls are read by one of vLLM's tool parsers (`rollout.environment.tool_parser`,
 default: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`), the same code that serves
 tool calls from `vllm serve`, so training and serving read calls alike. Guarantees: the first
 `max_tool_calls_per_turn` calls of a turn run, in order, each with its own outcome and within
-`tool_timeout_s` (`environments/tools.py`), and every later one is answered as `over_limit`, so a
-step is bounded; text that opens a
-call the parser cannot read is one `malformed` call whose error is the reply, and the trajectory
-goes on, so the model can learn to write calls. Not covered: parallel execution of several
-calls of one turn.
+`tool_timeout_s` (`environments/tools.py`), and every later one is answered as `over_limit`, so
+a step is bounded; text that opens a call the parser cannot read is one `malformed` call whose
+error is the reply, and the trajectory goes on, so the model can learn to write calls. Not
+covered: parallel execution of several calls of one turn.
 """
 
 from __future__ import annotations
@@ -50,12 +49,8 @@ class ToolEnvironment:
     def __init__(
         self, tools: dict[str, Callable[..., Any]], parser: Any, timeout_s: float, max_calls: int
     ):
-        self.tools, self.parser, self.timeout_s, self.max_calls = (
-            tools,
-            parser,
-            timeout_s,
-            max_calls,
-        )
+        self.tools, self.parser = tools, parser
+        self.timeout_s, self.max_calls = timeout_s, max_calls
 
     def schemas(self) -> list[dict[str, Any]]:
         return [schema(fn) for fn in self.tools.values()]

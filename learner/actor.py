@@ -150,9 +150,7 @@ class LearnerActor:
         trains (with LoRA the base model under the adapters is the reference)."""
         if self._has_reference and not self.learner.lora.rank and self.ref_model is None:
             plan = self._plan(self.rollout.prompts_per_step * self.rollout.group_size)
-            self.ref_model = load_reference(
-                self.model_path, self.engine.device, plan, self.learner.zero_stage
-            )
+            self.ref_model = load_reference(self.model_path, self.engine.device, plan, self.learner)
         elif not self._has_reference:
             self.ref_model = None
 

@@ -96,6 +96,29 @@ def flatten(
     ]
 
 
+def _loss_tensors(samples: list[FlatSample], pad_id: int) -> dict[str, torch.Tensor]:
+    """The [B, C] tensors the loss reads, and the lengths, alike for both layouts."""
+    c = max(1, max(len(s.completion_ids) for s in samples))
+    b = len(samples)
+    targets = torch.full((b, c), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, c))
+    sampler = torch.zeros((b, c))
+    for i, s in enumerate(samples):
+        n_c = len(s.completion_ids)
+        targets[i, :n_c] = torch.tensor(s.completion_ids, dtype=torch.long)
+        mask[i, :n_c] = float(s.valid)
+        if s.loss_mask:  # multi-turn: environment tokens are context only
+            mask[i, :n_c] *= torch.tensor(s.loss_mask, dtype=mask.dtype)
+        sampler[i, :n_c] = torch.tensor(s.sampler_logprobs[:n_c])
+    return {
+        "targets": targets,
+        "mask": mask,
+        "sampler_logprobs": sampler,
+        "lengths": torch.tensor([len(s.prompt_ids) + len(s.completion_ids) for s in samples]),
+        "completion_lengths": torch.tensor([len(s.completion_ids) for s in samples]),
+    }
+
+
 def collate(samples: list[FlatSample], pad_id: int) -> MicroBatch:
     """Left-pad prompts and right-pad completions so that all completions start at column P."""
     p = max(len(s.prompt_ids) for s in samples)
@@ -103,39 +126,25 @@ def collate(samples: list[FlatSample], pad_id: int) -> MicroBatch:
     b = len(samples)
     input_ids = torch.full((b, p + c), pad_id, dtype=torch.long)
     attention = torch.zeros((b, p + c), dtype=torch.long)
-    mask = torch.zeros((b, c))
-    sampler = torch.zeros((b, c))
     for i, s in enumerate(samples):
         n_p, n_c = len(s.prompt_ids), len(s.completion_ids)
         input_ids[i, p - n_p : p + n_c] = torch.tensor(s.prompt_ids + s.completion_ids)
         attention[i, p - n_p : p + n_c] = 1
-        mask[i, :n_c] = float(s.valid)
-        if s.loss_mask:  # multi-turn: environment tokens are context only
-            mask[i, :n_c] *= torch.tensor(s.loss_mask, dtype=mask.dtype)
-        sampler[i, :n_c] = torch.tensor(s.sampler_logprobs[:n_c])
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, L]
     return MicroBatch(
         input_ids=input_ids,
         attention_mask=attention,
         position_ids=positions,
-        targets=input_ids[:, p:],
-        mask=mask,
-        sampler_logprobs=sampler,
-        lengths=attention.sum(1),
-        completion_lengths=torch.tensor([len(s.completion_ids) for s in samples]),
+        **_loss_tensors(samples, pad_id),
     )
 
 
 def pack(samples: list[FlatSample], pad_id: int) -> MicroBatch:
     """All samples in one row, prompt + completion after prompt + completion, no padding; the
     [B, C] tensors as `collate` makes them."""
-    c = max(1, max(len(s.completion_ids) for s in samples))
-    b = len(samples)
+    loss = _loss_tensors(samples, pad_id)
     ids, positions = [], []
-    gather = torch.zeros((b, c), dtype=torch.long)
-    targets = torch.full((b, c), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, c))
-    sampler = torch.zeros((b, c))
+    gather = torch.zeros_like(loss["targets"])
     for i, s in enumerate(samples):
         n_p, n_c = len(s.prompt_ids), len(s.completion_ids)
         start = len(ids)
@@ -143,21 +152,12 @@ def pack(samples: list[FlatSample], pad_id: int) -> MicroBatch:
         positions += range(n_p + n_c)
         # The position before completion token j is the sample's (n_p - 1 + j)-th.
         gather[i, :n_c] = torch.arange(start + n_p - 1, start + n_p - 1 + n_c)
-        targets[i, :n_c] = torch.tensor(s.completion_ids)
-        mask[i, :n_c] = float(s.valid)
-        if s.loss_mask:
-            mask[i, :n_c] *= torch.tensor(s.loss_mask, dtype=mask.dtype)
-        sampler[i, :n_c] = torch.tensor(s.sampler_logprobs[:n_c])
     return MicroBatch(
         input_ids=torch.tensor([ids]),
         attention_mask=None,
         position_ids=torch.tensor([positions]),
-        targets=targets,
-        mask=mask,
-        sampler_logprobs=sampler,
-        lengths=torch.tensor([len(s.prompt_ids) + len(s.completion_ids) for s in samples]),
-        completion_lengths=torch.tensor([len(s.completion_ids) for s in samples]),
         gather=gather,
+        **loss,
     )
 
 

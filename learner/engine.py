@@ -99,27 +99,22 @@ def ds_config(plan: BatchPlan, learner: LearnerConfig, bf16: bool) -> dict[str, 
 
 
 def load_reference(
-    model_path: str, device: torch.device, plan: BatchPlan, zero_stage: int
+    model_path: str, device: torch.device, plan: BatchPlan, learner: LearnerConfig
 ) -> torch.nn.Module:
     """The frozen reference policy (the initial weights) on `device`, in eval mode. Under
-    ZeRO-3 it is sharded over the ranks like the policy (a DeepSpeed engine without an
-    optimizer; its forward passes are collective), else a full copy on each rank."""
+    ZeRO-3 it is sharded over the ranks like the policy (a DeepSpeed engine with the policy's
+    config and no optimizer; its forward passes are collective), else a full copy on each
+    rank."""
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     ref.requires_grad_(False)
     ref.config.use_cache = False
-    if zero_stage != 3:
+    if learner.zero_stage != 3:
         return ref.to(device)
     import deepspeed
 
-    config = {
-        "train_micro_batch_size_per_gpu": plan.per_rank_update // plan.accumulation_steps,
-        "gradient_accumulation_steps": plan.accumulation_steps,
-        "zero_optimization": {"stage": 3},
-        "steps_per_print": 10**9,
-    }
-    engine, *_ = deepspeed.initialize(model=ref, config=config)
+    engine, *_ = deepspeed.initialize(model=ref, config=ds_config(plan, learner, bf16=False))
     engine.eval()
     return engine
 

@@ -22,7 +22,7 @@ reply is not added). Turn t of sample j in a seeded group is seeded
 from (seed + j, t), so trajectories are a function of the seeds, the weights and the
 environment. An environment that raises or
 returns nonsense ends its trajectory and is recorded as a `crash` tool call of `environment`;
-one whose step takes longer than `Limits.step_timeout_s` (when set), as a `timeout`.
+one whose step takes longer than `Limits.step_timeout_s`, as a `timeout`.
 Not covered: a policy version change within a trajectory (the sample records its first turn's).
 """
 
@@ -82,9 +82,8 @@ class ReplyRenderer:
 class Limits:
     max_turns: int
     max_total_tokens: int
-    step_timeout_s: float | None
-    """Longest an environment step may take (None: no limit, for environments whose every
-    call has its own, as the `tools` environment's tool calls do)."""
+    step_timeout_s: float
+    """Longest an environment step may take."""
 
 
 @dataclass
