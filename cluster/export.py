@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cluster import checkpoint
 from core.config import Config, load_config
+from learner.deepspeed_import import import_deepspeed
 
 
 def find_run(path: str | Path) -> Path:
@@ -156,6 +157,7 @@ def learner_state_dict(ds_dir: Path) -> dict:
             return {k: v.float() for k, v in module.items()}
     if not list(ds_dir.glob("*model_states.pt")):
         raise FileNotFoundError(f"{ds_dir} holds no DeepSpeed model states")
+    import_deepspeed()  # before its submodule: without mlflow's import
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ds_dir.parent), tag=ds_dir.name)

@@ -21,6 +21,7 @@ import torch
 from core.config import LearnerConfig, ModelConfig, parse_cores
 from learner import lora
 from learner.batch import BatchPlan
+from learner.deepspeed_import import import_deepspeed
 
 
 def pin_threads(learner: LearnerConfig, world_size: int) -> None:
@@ -35,7 +36,7 @@ def pin_threads(learner: LearnerConfig, world_size: int) -> None:
 
 def init_process_group(addr: str, port: int, rank: int, world_size: int, use_gpu: bool) -> None:
     """Join the ranks' process group (NCCL on GPUs, gloo on CPU), rendezvous at addr:port."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     os.environ.update(
         MASTER_ADDR=addr,
@@ -52,7 +53,7 @@ def build_engine(model_path: str, model: ModelConfig, learner: LearnerConfig, pl
     """The policy in float32 master weights (with LoRA: the frozen base and its adapters), the
     optimizer over what trains and linear warm-up, in a DeepSpeed engine whose batch sizes are
     `plan`'s."""
-    import deepspeed
+    deepspeed = import_deepspeed()
     from transformers import AutoModelForCausalLM
 
     policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -112,7 +113,7 @@ def load_reference(
     ref.config.use_cache = False
     if learner.zero_stage != 3:
         return ref.to(device)
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     engine, *_ = deepspeed.initialize(model=ref, config=ds_config(plan, learner, bf16=False))
     engine.eval()

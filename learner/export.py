@@ -17,13 +17,14 @@ import torch
 
 from core.pools import get_within
 from learner import lora
+from learner.deepspeed_import import import_deepspeed
 
 
 def full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint name, full tensor) for every parameter of `module` (the DeepSpeed engine's
     model), LoRA adapters merged; ZeRO-3 parameters are gathered and copied. All ranks must
     iterate under ZeRO-3."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     if lora.is_lora(module):
         yield from lora.merged_parameters(module, zero_stage)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import torch
 
 from core.config import LoraConfig
+from learner.deepspeed_import import import_deepspeed
 
 ADAPTER = "default"
 """PEFT's name for the one adapter the learner trains."""
@@ -70,7 +71,7 @@ def merged_parameters(
     """(base model's parameter name, full tensor) for every base parameter, the adapters merged
     into the layers that have them; new tensors, the model is not changed. All ranks must iterate
     under ZeRO-3."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     for name, param, layer in export_order(module):
         group = [param] + (_adapter_params(layer) if layer is not None else [])
@@ -106,7 +107,7 @@ def _adapter_params(layer) -> list[torch.nn.Parameter]:
 def adapter_state(module: torch.nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
     """The trainable adapters' full tensors under the PEFT model's own names (all ranks must
     call under ZeRO-3)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     state = {}
     for name, param in module.named_parameters():

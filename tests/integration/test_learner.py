@@ -201,6 +201,25 @@ def test_a_batch_of_another_size_is_refused_not_silently_skipped(one_rank):
         learner.train(scored(*batch(prompts=2)))
 
 
+def test_a_rank_imports_deepspeed_without_mlflow(one_rank):
+    """DeepSpeed's autotuner imports mlflow, when installed, at DeepSpeed's import (about 3 s
+    of a rank's start): a rank imports DeepSpeed without it, and can still import mlflow."""
+    import ray
+
+    pytest.importorskip("mlflow")
+    learner, _, _ = one_rank
+
+    def modules(_actor) -> tuple[bool, bool, bool]:
+        import importlib
+        import sys
+
+        loaded = "deepspeed" in sys.modules, "mlflow" in sys.modules
+        return *loaded, importlib.import_module("mlflow").__name__ == "mlflow"
+
+    rank = learner.ranks[0]
+    assert ray.get(rank.__ray_call__.remote(modules)) == (True, False, True)
+
+
 def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
     overrides = [
         "learner.micro_batch_size=4",
