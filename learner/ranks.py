@@ -16,13 +16,16 @@ from core.config import AlgorithmConfig, Config
 from core.errors import RunStopped
 from core.pools import get_within
 from core.records import ScoredGroup
-from learner.actor import LearnerActor
 
 
 class LearnerRanks:
     def __init__(self, cfg: Config, model_path: str, run_id: str = "", placement=None):
         """`placement` (`cluster.placement.Placement`) puts rank r in bundle r of the learner
         placement group."""
+        # Imported here: the actor's module pulls in torch (seconds), which the driver, holding
+        # only this handle, never needs.
+        from learner.actor import LearnerActor
+
         remote = ray.remote(LearnerActor)
         self.push_timeout_s = cfg.cluster.push_timeout_s
 
