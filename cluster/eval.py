@@ -66,15 +66,12 @@ def evaluate_model(
 
     from cluster.data import load_prompts
     from cluster.health import Health
+    from cluster.multi_turn import conversations_factory, start_python_tool
     from cluster.ray_setup import connect_ray
     from core.pools import start_together
+    from environments.loading import tool_schemas
     from reward.pool import RewardPool
     from rollout.pool import RolloutPool
-
-    if not cfg.reward.accuracy_function:
-        raise ValueError("cohort eval needs reward.accuracy_function (which function says right)")
-    from cluster.multi_turn import conversations_factory, start_python_tool
-    from environments.loading import tool_schemas
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     tools = tool_schemas(cfg.rollout.environment, Path.cwd())
@@ -117,6 +114,11 @@ def run_eval(
 ) -> dict:
     """Evaluate, print a summary, save the JSON; returns the results."""
     cfg, run = load_target(target, overrides)
+    if not cfg.reward.accuracy_function:  # before a checkpoint is exported or a model built
+        raise ValueError(
+            "cohort eval needs reward.accuracy_function, the reward function whose score 1 means "
+            "right: add e.g. `reward.accuracy_function=math_answer` to the command line"
+        )
     n = max(n, k)
     model, label = model_to_evaluate(cfg, run, checkpoint)
     print(f"evaluating {label} on data.eval ({n} samples per prompt, T={temperature})", flush=True)

@@ -1,4 +1,5 @@
-"""`cohort plot`, `doctor`, `export` and `config --reference` on fixtures the tests write."""
+"""`cohort plot`, `doctor`, `export`, `eval`'s config check and `config --reference` on fixtures
+the tests write."""
 
 import json
 import shutil
@@ -122,6 +123,15 @@ def test_export_refuses_a_broken_folder(tmp_path, tiny_model, capsys):
     assert main(["export", str(run), "--out", str(tmp_path / "bad")]) == 1
     assert "no .safetensors" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.tmp").exists()
+
+
+def test_eval_without_accuracy_function_is_a_clear_error(tmp_path, capsys):
+    """Refused before a checkpoint is exported or a model is built, with the key to set."""
+    assert main(["eval", "configs/smoke.yaml", f"trainer.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "cohort eval needs reward.accuracy_function" in err
+    assert "reward.accuracy_function=math_answer" in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_committed_config_reference_is_up_to_date(capsys):
