@@ -17,7 +17,7 @@ import ray
 from core.config import Config
 from core.pools import get_within, replace_dead
 from core.records import Group, Prompt, Sampling
-from rollout.actor import RolloutActor, engine_env
+from rollout.actor import RolloutActor
 from rollout.stream import GroupStream, group_seed
 from rollout.turns import Conversations
 
@@ -57,7 +57,6 @@ class RolloutPool:
             ray.remote(RolloutActor)
             .options(
                 name=f"cohort-rollout-{self.run_id}-{i}" if self.run_id else None,
-                runtime_env={"env_vars": engine_env(cfg, i)},
                 **options,
             )
             .remote(cfg, self.model_path, i, self.weight_transport)
