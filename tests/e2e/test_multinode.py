@@ -86,13 +86,19 @@ print(json.dumps({k: n["NodeID"] for n in nodes for k in n["Resources"] if k.end
 """Prints {label resource: node id} of the cluster at RAY_ADDRESS."""
 
 
-def ray_start(ray: str, env: dict, temp_dir: str, *args: str) -> None:
-    """`ray start` of one node on loopback, with its own temp dir and dashboard agent port."""
-    agent = f"--dashboard-agent-listen-port={free_port()}"
-    start = [ray, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", agent]
-    start += [f"--temp-dir={temp_dir}", *args]
-    done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+def ray_start(ray: str, env: dict, nodes: list[tuple[str, list[str]]]) -> None:
+    """`ray start` of each (temp dir, arguments) node on loopback, all at once, each with its
+    own temp dir and dashboard agent port."""
+    starting = []
+    for temp_dir, args in nodes:
+        agent = f"--dashboard-agent-listen-port={free_port()}"
+        start = [ray, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", agent]
+        start += [f"--temp-dir={temp_dir}", *args]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        starting.append(subprocess.Popen(start, env=env, **pipes))
+    for proc in starting:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out[-2000:] + err[-3000:]
 
 
 def test_three_node_job_places_and_matches_single_node(tiny_model, tmp_path):
@@ -102,10 +108,12 @@ def test_three_node_job_places_and_matches_single_node(tiny_model, tmp_path):
     try:
         head = f"--head --port={gcs} --dashboard-host=127.0.0.1 --dashboard-port={dash}"
         head += f" --include-dashboard=true --num-cpus=1 --ray-client-server-port={free_port()}"
-        ray_start(ray, env, head_dir, *head.split(), '--resources={"head_node": 1}')
+        ray_start(ray, env, [(head_dir, [*head.split(), '--resources={"head_node": 1}'])])
+        workers = []
         for node_dir, label in [(rollout_dir, "rollout_node"), (learner_dir, "learner_node")]:
             node = [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f'--resources={{"{label}": 2}}']
-            ray_start(ray, env, node_dir, *node)
+            workers.append((node_dir, node))
+        ray_start(ray, env, workers)  # the two worker nodes join side by side
         at_cluster = env | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"}
         options = {"capture_output": True, "text": True, "check": True, "timeout": 120}
         found = subprocess.run([sys.executable, "-c", LABELS], env=at_cluster, **options)
