@@ -22,6 +22,7 @@ from cluster.health import Health
 from cluster.transport import SEND_GRACE_S, ObjectStoreTransport, make_transport
 from core.config import load_config
 from core.errors import ActorDied, RunStopped
+from core.pools import start_together
 from core.records import Prompt
 from learner.ranks import LearnerRanks
 from rollout.pool import RolloutPool
@@ -48,8 +49,11 @@ def config(tiny_model: str):
 class Setup:
     def __init__(self, tiny_model: str):
         self.cfg = config(tiny_model)
-        self.learner = LearnerRanks(self.cfg, tiny_model, "gloo")
-        self.engines = RolloutPool(self.cfg, tiny_model, "gloo", weight_transport="gloo")
+        pools = start_together(  # side by side, as the driver starts them
+            learner=lambda: LearnerRanks(self.cfg, tiny_model, "gloo"),
+            engines=lambda: RolloutPool(self.cfg, tiny_model, "gloo", weight_transport="gloo"),
+        )
+        self.learner, self.engines = pools["learner"], pools["engines"]
         self.transport = make_transport(self.cfg, self.learner, self.engines)
         self.version = 0
         tok = AutoTokenizer.from_pretrained(tiny_model)

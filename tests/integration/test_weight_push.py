@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 
 from cluster.transport import make_transport
 from core.config import load_config
+from core.pools import start_together
 from core.records import Prompt
 from learner.ranks import LearnerRanks
 from rollout.pool import RolloutPool
@@ -58,9 +59,14 @@ class SharedPolicy:
 
     def __init__(self, tiny_model: str):
         self.tiny_model = tiny_model
-        self.learner = LearnerRanks(parity_config(tiny_model, "float32"), tiny_model, "parity")
         self.version = 0
         self.engines: dict[str, tuple[RolloutPool, int]] = {}  # dtype -> (engine, its version)
+        cfg = parity_config(tiny_model, "float32")
+        started = start_together(  # side by side, as the driver starts them
+            learner=lambda: LearnerRanks(cfg, tiny_model, "parity"),
+            engine=lambda: self.engine("float32"),  # the first tests' engine
+        )
+        self.learner = started["learner"]
 
     def engine(self, dtype: str) -> RolloutPool:
         """`dtype` is a rollout dtype, or `<dtype>/gloo` for an engine the `gloo` transport
