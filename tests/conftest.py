@@ -215,12 +215,19 @@ def stop_ray_cluster(*temp_dirs: str, grace_s: float = 10.0) -> None:
     me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
 
     def ours() -> list:
-        found = []
+        found = {}
         for p in psutil.process_iter(["cmdline"]):
             line = " ".join(p.info["cmdline"] or [])
             if p.pid not in me and any(d in line for d in temp_dirs):
-                found.append(p)
-        return found
+                found[p.pid] = p
+        # Ray's agents and workers retitle themselves (`ray::DashboardAgent`), which hides the
+        # temp dir: they are the descendants of the processes found.
+        for p in list(found.values()):
+            try:
+                found |= {c.pid: c for c in p.children(recursive=True) if c.pid not in me}
+            except psutil.NoSuchProcess:
+                pass
+        return list(found.values())
 
     procs = ours()
     for p in procs:
