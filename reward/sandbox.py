@@ -255,7 +255,10 @@ class Sandbox:
 def _forkserver_without_secrets() -> None:
     """Start this process's forkserver (and resource tracker), if not running, with only
     `SAFE_ENVIRONMENT`: the environment a process starts with stays readable in
-    /proc/<pid>/environ whatever it deletes later, and every worker is forked from this one."""
+    /proc/<pid>/environ whatever it deletes later, and every worker is forked from this one.
+    The temp dir is resolved first: `tempfile` caches it on first use, and resolved without
+    TMPDIR it would be /tmp for the rest of the process (the workers' scratch dirs included)."""
+    tempfile.gettempdir()
     saved = dict(os.environ)
     try:
         for name in saved:

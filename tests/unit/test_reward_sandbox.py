@@ -219,3 +219,20 @@ def test_workers_temp_dirs_are_deleted_with_the_workers(tmp_path):
     now = [w.scratch for w in sandbox.workers]
     actor.close()
     assert not any(Path(d).exists() for d in first + now)
+
+
+def test_scratch_dirs_follow_tmpdir(tmp_path):
+    """The forkserver starts with a scrubbed environment; the sandbox's temp dirs (its
+    forkserver's, its workers') still go where TMPDIR says, not to /tmp. A fresh process:
+    `tempfile` resolves its dir once."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tempfile; from reward.sandbox import _forkserver_without_secrets; "
+        "_forkserver_without_secrets(); print(tempfile.mkdtemp(prefix='cohort-reward-'))"
+    )
+    env = os.environ | {"TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(done.stdout.strip()).parent == tmp_path
