@@ -5,9 +5,10 @@ plan), loading the frozen reference model, an optimizer step that changes nothin
 a non-finite update), and the few collectives the learner needs. Guarantees: the DeepSpeed
 config's batch sizes and accumulation steps are the `BatchPlan`'s, so DeepSpeed's step
 boundaries are the plan's mini-batches (under a token budget the learner marks them itself);
-the collectives return the local value unchanged with one rank. Not covered: DeepSpeed's
-offload settings (colocated mode moves the ZeRO states itself, `LearnerActor.offload_states`),
-ZeRO-3 for the reference model (a full copy on every rank; with LoRA there is none).
+the collectives return the local value unchanged with one rank; under ZeRO-3 the reference
+model is sharded like the policy (below ZeRO-3 each rank holds a full copy; with LoRA there is
+none). Not covered: DeepSpeed's offload settings (colocated mode moves the ZeRO states itself,
+`LearnerActor.offload_states`).
 """
 
 from __future__ import annotations

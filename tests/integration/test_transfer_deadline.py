@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import ray
 
 from cluster.transport import SEND_GRACE_S, VllmTransferTransport
 from core.errors import DeadlineMissed
@@ -52,8 +53,6 @@ def stand_ins(ray_local):
 def push(stand_ins, ranks_hang=(False, False), engines_hang=(False, False)):
     """One push through the transport on the stand-ins, those flagged hanging; returns the
     seconds it took."""
-    import ray
-
     learner, rollout = stand_ins
     actors = learner.ranks + rollout.actors
     ray.get([a.hang.remote(h) for a, h in zip(actors, ranks_hang + engines_hang, strict=True)])
