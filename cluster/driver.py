@@ -227,4 +227,5 @@ def write_samples(path: Path, step: int, groups, scores) -> None:
                 if s.messages:  # multi-turn: the whole conversation, with roles
                     record |= {"messages": s.messages, "turns": s.turns}
                     record |= {"finish_reason": s.finish_reason, "tool_calls": s.tool_calls}
+                    record |= {"env_reward": s.env_reward}
                 f.write(json.dumps(record) + "\n")

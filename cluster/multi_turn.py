@@ -111,6 +111,9 @@ def multi_turn_metrics(groups: list[Group]) -> dict[str, float]:
         for c in calls
     )
     out.update((key, float(count)) for key, count in keys.items())
+    env_rewards = [s.env_reward for s in samples if s.env_reward is not None]
+    if env_rewards:
+        out["multi_turn/env_reward_mean"] = sum(env_rewards) / len(env_rewards)
     return out
 
 

@@ -53,6 +53,8 @@ class Sample:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     """Multi-turn: every tool call, `{"name", "outcome", "input", "error"}`; outcome is `ok` or
     a failure kind (`environments.tools.FAILURE_KINDS`)."""
+    env_reward: float | None = None
+    """Multi-turn: the sum of the environment's step rewards (None when it gave none)."""
 
 
 @dataclass

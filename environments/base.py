@@ -14,7 +14,8 @@ An environment is a class; one instance serves one trajectory, built with
 `step` returns a `Step`, or a string (one `user` message, not done), or a dict with the keys
 of `Step`. The trajectory ends when a step is `done`, at `max_turns` or at
 `max_total_tokens`. Rewards come from `reward.functions` as for single turns: they see the last
-assistant message as `completion` and the whole conversation as `messages`.
+assistant message as `completion`, the whole conversation as `messages`, and the sum of the
+steps' `reward`s as `env_reward` (None when no step gave one).
 
 Guarantees: `as_step` turns every allowed return value into a `Step` and names the
 environment and what was wrong otherwise (an `EnvironmentError_`, counted as a `crash`).
@@ -22,6 +23,8 @@ environment and what was wrong otherwise (an `EnvironmentError_`, counted as a `
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,9 @@ class Step:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     """Tool calls this step ran: `{"name", "outcome", "input", "error"}` (the `tools`
     environment fills them; counted in `tools/` metrics)."""
+    reward: float | None = None
+    """This step's reward, if the environment gives one: a trajectory's `env_reward` is the sum
+    over its steps (None when no step gave one), which reward functions may read."""
 
 
 class EnvironmentError_(Exception):
@@ -45,15 +51,23 @@ class EnvironmentError_(Exception):
 
 def as_step(value: Any, where: str) -> Step:
     """`value` as a `Step`; `where` names the environment in the error."""
+    step = None
     if isinstance(value, Step):
-        return value
-    if isinstance(value, str):
-        return Step([{"role": "user", "content": value}])
-    if isinstance(value, dict) and set(value) <= {"messages", "done", "tool_calls"}:
+        step = value
+    elif isinstance(value, str):
+        step = Step([{"role": "user", "content": value}])
+    elif isinstance(value, dict) and set(value) <= {"messages", "done", "tool_calls", "reward"}:
         step = Step(**value)
-        if all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in step.messages):
-            return step
+    reward_ok = step is not None and (
+        step.reward is None
+        or (isinstance(step.reward, numbers.Real) and math.isfinite(step.reward))
+    )
+    if reward_ok and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in step.messages
+    ):
+        return step
     raise EnvironmentError_(
         f"{where}.step returned {value!r:.200}; return a Step, a string (a user message) or "
-        "a dict with `messages` ([{role, content}]), `done` and `tool_calls`"
+        "a dict with `messages` ([{role, content}]), `done`, `tool_calls` and `reward` (a "
+        "finite number or None)"
     )

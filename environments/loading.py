@@ -3,8 +3,9 @@ schemas the prompts show.
 
 Guarantees: a bad entry fails when the run starts, with a `ConfigError` naming the key
 (`rollout.environment.fn`, `.tools[i]`), the resolved path and what is available; a user file
-is read once then. Every environment the factory makes answers `reset(prompt, row)` and
-`step(action) -> Step` (`environments/base.py`), whatever its class returns or leaves out.
+is read once then (an OpenEnv entry: `environments/openenv_env.py`). Every environment the
+factory makes answers `reset(prompt, row)`, `step(action) -> Step` (`environments/base.py`)
+and `close()`, whatever its class returns or leaves out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from core.config import ConfigError, EnvironmentConfig
 from environments.base import Step, as_step
+from environments.openenv_env import openenv_factory
 from environments.tool_env import ToolEnvironment, tool_parser
 from environments.tools import BUILTIN_TOOLS, schema
 
@@ -79,6 +81,10 @@ class _Checked:
     def step(self, action: str) -> Step:
         return as_step(self.env.step(action), self.name)
 
+    def close(self) -> None:
+        if hasattr(self.env, "close"):
+            self.env.close()
+
 
 def environment_factory(cfg: EnvironmentConfig, tokenizer, base_dir: Path) -> Callable[[], Any]:
     """A function that makes one environment for a new trajectory."""
@@ -90,6 +96,9 @@ def environment_factory(cfg: EnvironmentConfig, tokenizer, base_dir: Path) -> Ca
             raise ConfigError(f"rollout.environment.tool_parser={cfg.tool_parser!r}: {e}") from None
         limits = (cfg.tool_timeout_s, cfg.max_tool_calls_per_turn)
         return lambda: _Checked(ToolEnvironment(tools, parser, *limits), "tools")
+    if cfg.name == "openenv":
+        make = openenv_factory(cfg.kwargs, cfg.tool_timeout_s, _load, base_dir)
+        return lambda: _Checked(make(), "openenv")
     cls = _load(cfg.fn, "rollout.environment.fn", base_dir)
     if not inspect.isclass(cls) or not callable(getattr(cls, "step", None)):
         raise ConfigError(

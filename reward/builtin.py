@@ -217,6 +217,17 @@ def format_match(
     return 1.0 if re.fullmatch(pattern, completion.strip(), re.DOTALL) else 0.0
 
 
+def environment_reward(completion: str, *, env_reward: float | None = None, **_: Any) -> float:
+    """The reward the multi-turn environment gave the trajectory: the sum of its steps' rewards
+    (an OpenEnv environment's observation rewards, or a user environment's `Step.reward`)."""
+    if env_reward is None:
+        raise ValueError(
+            "the environment gave this trajectory no reward; `environment_reward` needs an "
+            "environment whose steps return one (rollout.environment)"
+        )
+    return env_reward
+
+
 BUILTIN: dict[str, Callable[..., Any]] = {
     "math_answer": math_answer,
     "exact_match": exact_match,
@@ -225,6 +236,7 @@ BUILTIN: dict[str, Callable[..., Any]] = {
     "length": length,
     "code_tests": code_tests,
     "remote_rm": remote_rm,
+    "environment_reward": environment_reward,
 }
 """Built-in reward functions by their config name."""
 
@@ -236,4 +248,4 @@ BUILTIN_RANGES: dict[str, tuple[float, float]] = {
     "code_tests": (0.0, 1.0),
 }
 """Declared score ranges of the built-ins whose scores are bounded; `length` and `remote_rm`
-take the user default unless the config gives `range`."""
+take the user default unless the config gives `range`, as does `environment_reward`."""

@@ -56,10 +56,12 @@ OPTIONAL_INPUTS = {
     "num_tokens": "num_tokens",
     "finish_reason": "finish_reasons",
     "messages": "conversations",
+    "env_reward": "env_rewards",
 }
 """Keyword arguments a function receives only when its signature names them, and the name a
 batched function gets them under, as lists. `messages`: a multi-turn trajectory's conversation
-after the prompt (`[{role, content}]`; empty for a single turn)."""
+after the prompt (`[{role, content}]`; empty for a single turn). `env_reward`: the sum of the
+environment's step rewards (None for a single turn or an environment that gives none)."""
 
 
 def optional_inputs(fn: Any) -> tuple[str, ...]:

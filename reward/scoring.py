@@ -50,6 +50,7 @@ class CallInput:
     num_tokens: int
     finish_reason: str
     messages: list[dict[str, Any]] = field(default_factory=list)
+    env_reward: float | None = None
 
     @classmethod
     def of(cls, prompt: Prompt, sample: Sample) -> CallInput:
@@ -61,6 +62,7 @@ class CallInput:
             len(sample.completion_token_ids),
             sample.finish_reason,
             sample.messages,
+            sample.env_reward,
         )
 
 

@@ -22,7 +22,9 @@ reply is not added). Turn t of sample j in a seeded group is seeded
 from (seed + j, t), so trajectories are a function of the seeds, the weights and the
 environment. An environment that raises or
 returns nonsense ends its trajectory and is recorded as a `crash` tool call of `environment`;
-one whose step takes longer than `Limits.step_timeout_s`, as a `timeout`.
+one whose step takes longer than `Limits.step_timeout_s`, as a `timeout`. An environment's
+`close()`, if it has one, is called once when its trajectory ends. The steps' rewards are summed
+into the sample's `env_reward`.
 Not covered: a policy version change within a trajectory (the sample records its first turn's).
 """
 
@@ -105,6 +107,8 @@ class Trajectory:
     finish: str = ""
     text: str = ""
     """The last model turn's text (what reward functions see as the completion)."""
+    env_reward: float | None = None
+    """The sum of the environment's step rewards (None while no step gave one)."""
 
     @property
     def context(self) -> list[int]:
@@ -138,6 +142,7 @@ class Trajectory:
             messages=self.messages,
             turns=len(self.spans),
             tool_calls=self.tool_calls,
+            env_reward=self.env_reward,
         )
 
 
@@ -254,10 +259,21 @@ class Conversations:
             traj.tool_calls.append(record | {"outcome": "crash", "error": error})
             return None
         traj.tool_calls += step.tool_calls
+        if step.reward is not None:
+            traj.env_reward = (traj.env_reward or 0.0) + float(step.reward)
         return step
 
     def _end(self, gkey: int, j: int, finish: str):
-        self.groups[gkey][j].finish = finish
+        traj = self.groups[gkey][j]
+        traj.finish = finish
+        close = getattr(traj.env, "close", None)
+        if close is not None:  # a server session, say: released when its trajectory ends
+            try:
+                close()
+            except Exception as e:
+                error = f"closing it failed: {type(e).__name__}: {e}"
+                record = {"name": "environment", "input": "", "outcome": "crash", "error": error}
+                traj.tool_calls.append(record)
         return gkey
 
     def poll(self) -> tuple[list[tuple[GroupRequest, int]], list[tuple[int, Group]]]:

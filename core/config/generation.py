@@ -20,12 +20,15 @@ class EnvironmentConfig:
 
     name: str = ""
     """Built-in environment: `tools` (the model calls `tools` in the chat template's format,
-    parsed by vLLM's `tool_parser`; the trajectory ends at a reply without a tool call).
-    Exclusive with `fn`; neither = single-turn rollouts."""
+    parsed by vLLM's `tool_parser`; the trajectory ends at a reply without a tool call), or
+    `openenv` (an OpenEnv environment in this process or on a server, set by `kwargs`:
+    docs/environments.md). Exclusive with `fn`; neither = single-turn rollouts."""
     fn: str = ""
     """A user environment class as `path/to/file.py:ClassName` (docs/environments.md)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of the environment's constructor (one instance per trajectory)."""
+    """Keyword arguments of the environment's constructor (one instance per trajectory); for
+    `openenv`: `env` or `base_url`, `env_kwargs`, `action_field`, `observation_field`,
+    `reset_fields`."""
     tools: list[str] = field(default_factory=list)
     """Tools of the `tools` environment: built-ins `calculator` or `python`, or user functions
     as `path/to/file.py:function` (type hints and a docstring give the JSON schema the model
@@ -41,7 +44,7 @@ class EnvironmentConfig:
     rollout.max_new_tokens."""
     tool_timeout_s: float = 10.0
     """Wall-clock limit of one tool call (the model reads the `timeout` failure as the tool's
-    reply), and of one step of a user environment (past it the trajectory ends)."""
+    reply), and of one step of a user or OpenEnv environment (past it the trajectory ends)."""
     max_tool_calls_per_turn: int = 4
     """Tool calls run per model turn; the ones after them are answered as `over_limit`
     failures without running, so one turn takes at most this many x tool_timeout_s."""
@@ -61,7 +64,12 @@ class EnvironmentConfig:
             {"name": self.name, "fn": self.fn},
             "give at most one of `name` (built-in) or `fn` (file.py:ClassName)",
         )
-        require(self.name in ("", "tools"), key + ".name", self.name, "the built-in is `tools`")
+        require(
+            self.name in ("", "tools", "openenv"),
+            key + ".name",
+            self.name,
+            "the built-ins are `tools` and `openenv`",
+        )
         if self.fn:
             require_file_spec(key + ".fn", self.fn, "ClassName")
         require(
@@ -182,8 +190,8 @@ class RolloutConfig:
 class RewardFunctionConfig:
     name: str = ""
     """A built-in reward function (`math_answer`, `exact_match`, `regex_match`, `format`,
-    `length`, `code_tests`, `remote_rm`; see docs/rewards.md); exclusive with `fn`. The overlong
-    penalty is `algorithm.overlong_buffer`."""
+    `length`, `code_tests`, `remote_rm`, `environment_reward`; see docs/rewards.md); exclusive
+    with `fn`. The overlong penalty is `algorithm.overlong_buffer`."""
     fn: str = ""
     """A user function as `path/to/file.py:function_name`; exclusive with `name`."""
     weight: float = 1.0

@@ -4,20 +4,23 @@ on each group's seed and the weights, not on which engine ran the group or what 
 (what keeps a resumed run bitwise equal to an uninterrupted one under dynamic dispatch)."""
 
 import os
+from pathlib import Path
 
 import pytest
 import ray
 from transformers import AutoTokenizer
 
 from cluster.multi_turn import start_python_tool
-from core.config import load_config
+from core.config import EnvironmentConfig, load_config
 from core.records import Prompt
 from environments.base import Step
+from environments.loading import environment_factory
 from environments.tools import call_tool, python, set_python_runner
 from learner.batch import collate, flatten
 from rollout.pool import RolloutPool
 from rollout.stream import group_seed
 from rollout.turns import Conversations, Limits, ReplyRenderer
+from tests.integration.conftest import serve_guess
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +170,45 @@ def test_a_three_turn_trajectory_trains_on_the_ids_the_engine_saw_and_produced(e
             assert row.mask[0].tolist() == s.loss_mask
         later = [k for k in stream.engine_of if isinstance(k, tuple) and k[0] == key]
         assert len(later) == 6 and {stream.engine_of[k] for k in later} == {stream.engine_of[key]}
+
+
+def test_an_openenv_server_answers_trajectories_on_the_engines(engines, tiny_model, guess_file):
+    """Trajectories on the real engines against OpenEnv's server: each one its own session
+    (six at once), the observation's text in the context the next turn is sampled from, the
+    steps' rewards summed into `env_reward`, every session closed when its trajectory ends."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    render = ReplyRenderer(tokenizer, None, {tokenizer.eos_token_id})
+    ids = tokenizer("<|user|>guess?<|end|><|assistant|>")["input_ids"]
+    prompt = Prompt("p:0", "guess?", ids, "7", fields={"target": "7"})
+    with serve_guess(guess_file, sessions=6) as url:
+        kwargs = {"base_url": url, "action_field": "guess", "reset_fields": ["target"]}
+        make_env = environment_factory(
+            EnvironmentConfig(name="openenv", kwargs=kwargs), None, Path()
+        )
+        limits = Limits(4, 256, 10.0)
+        engines.conversations = lambda: Conversations(make_env, render, limits, group_seed)
+        try:
+            sampling = engines.sampling(3, temperature=1.0, max_tokens=6)
+            groups = dict(engines.stream([prompt, prompt], sampling, lambda k: group_seed(5, k)))
+        finally:
+            engines.conversations = None
+        for _ in range(6):  # every session was released: six more open, one after another
+            env = make_env()
+            env.reset("guess?", {"target": "7"})
+            assert env.step("7").done
+            env.close()
+    for group in groups.values():
+        for s in group.samples:
+            # The tiny model never writes the digit alone: Guess hints until its third guess.
+            replies = [m["content"] for m in s.messages if m["role"] == "user"]
+            assert s.turns == 3 and len(replies) == 2 and set(replies) <= {"higher", "lower"}
+            assert s.env_reward == pytest.approx(-0.3) and not s.tool_calls
+            # The first reply's ids in the context: the hint as the template renders it (after
+            # the end token that closes a turn cut at max_tokens).
+            start = s.loss_mask.index(0)
+            span = s.completion_token_ids[start : s.loss_mask.index(1, start)]
+            hint = render([{"role": "user", "content": replies[0]}])
+            assert span in (hint, [tokenizer.eos_token_id] + hint)
 
 
 def test_the_python_tool_runs_in_its_own_actor(ray_local):

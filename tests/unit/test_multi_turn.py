@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from core.records import Group, GroupRequest, Prompt, Sample, Sampling
+from environments.base import Step
 from rollout.stream import group_seed
 from rollout.turns import Conversations, Limits, ReplyRenderer
 
@@ -31,11 +32,6 @@ class Reveal:
         self.turn += 1
         text = {1: f"code {self.answer}", 2: "again"}.get(self.turn)
         return Step([{"role": "user", "content": text}]) if text else Step(done=True)
-
-
-class Step:
-    def __init__(self, messages=(), done=False):
-        self.messages, self.done, self.tool_calls = list(messages), done, []
 
 
 def ids(tokenizer, text: str) -> list[int]:
@@ -186,3 +182,52 @@ def test_a_single_turn_trajectory_trains_on_every_token(tokenizer):
     _, [(_, group)] = drain(conv)
     [s] = group.samples
     assert s.loss_mask == [1, 1, 1] and s.turns == 1 and s.messages[0]["content"] == "42"
+
+
+def test_step_rewards_add_up_and_each_environment_is_closed_once_when_its_trajectory_ends(
+    tokenizer,
+):
+    closed = []
+
+    class Scored(Reveal):
+        def step(self, action):
+            step = super().step(action)
+            step.reward = 0.25 * self.turn if action != "none" else None
+            return step
+
+        def close(self):
+            closed.append(self.turn)
+
+    conv, prompt = start(tokenizer, env=Scored)
+    conv.add(0, Group(prompt, [turn(tokenizer, "hi"), turn(tokenizer, "none")]), engine=0)
+    requests, _ = drain(conv)
+    assert closed == []  # both trajectories go on
+    for req, _ in requests:
+        conv.add(req.key, Group(req.prompt, [turn(tokenizer, "no end", end=False)]), engine=0)
+    requests, _ = drain(conv)
+    for req, _ in requests:
+        conv.add(req.key, Group(req.prompt, [turn(tokenizer, "7")]), engine=0)
+    _, [(_, group)] = drain(conv)
+    # Steps 1-3 gave 0.25 + 0.5 + 0.75; the other trajectory's first step gave none.
+    assert [s.env_reward for s in group.samples] == [1.5, 1.25]
+    assert sorted(closed) == [3, 3]
+
+
+def test_an_environment_whose_close_fails_is_recorded_not_raised(tokenizer):
+    class Leaky(Reveal):
+        def close(self):
+            raise OSError("socket already closed")
+
+    conv, prompt = start(tokenizer, env=Leaky, limits=Limits(1, 200, 5.0), n=1)
+    conv.add(0, Group(prompt, [turn(tokenizer, "hi")]), engine=0)
+    _, [(_, group)] = drain(conv)
+    [s] = group.samples
+    assert s.env_reward is None and s.finish_reason == "max_turns"
+    assert s.tool_calls == [
+        {
+            "name": "environment",
+            "input": "",
+            "outcome": "crash",
+            "error": "closing it failed: OSError: socket already closed",
+        }
+    ]

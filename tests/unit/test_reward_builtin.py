@@ -131,5 +131,5 @@ def test_length():
 
 
 def test_all_builtins_registered():
-    assert sorted(BUILTIN) == ["code_tests", "exact_match", "format", "length", "math_answer",
-                               "regex_match", "remote_rm"]  # fmt: skip
+    assert sorted(BUILTIN) == ["code_tests", "environment_reward", "exact_match", "format",
+                               "length", "math_answer", "regex_match", "remote_rm"]  # fmt: skip

@@ -47,6 +47,21 @@ def test_arguments_reach_the_function():
                     "row": {"k": 1}, "extra": "x"}  # fmt: skip
 
 
+def test_the_environments_reward_reaches_functions_that_name_it():
+    env = load_reward_functions([RewardFunctionConfig(name="environment_reward")], None)
+
+    def batched(completions, *, prompts, answers, rows, env_rewards):
+        return [2 * r for r in env_rewards]
+
+    batched.batched = True
+    functions = env + [fn("twice", batched)]
+    rewarded = Sample([], "x", [], "stop", 0, messages=[{"role": "assistant"}], env_reward=0.75)
+    s = score_sample(functions, PROMPT, rewarded, "exclude", 0.0)
+    assert s.components == {"environment_reward": 0.75, "twice": 1.5} and s.reward == 2.25
+    none = score_sample(env, PROMPT, sample("x"), "exclude", 0.0)  # no environment reward
+    assert none.excluded and "gave this trajectory no reward" in none.errors["environment_reward"]
+
+
 def test_weighted_sum():
     # 0.5 * len("abcd") * 2 (scale) + 2.0 * True = 0.5 * 8 + 2.0 * 1 = 6.0
     functions = [fn("length", length, 0.5, scale=2.0), fn("flag", returns(True), 2.0)]

@@ -13,7 +13,7 @@ from cluster.multi_turn import log_tool_failures, multi_turn_metrics
 from core.config import ConfigError, EnvironmentConfig, load_config
 from core.errors import RunStopped
 from core.records import Group, Prompt, Sample
-from environments.base import EnvironmentError_
+from environments.base import EnvironmentError_, Step, as_step
 from environments.loading import environment_factory, load_tools
 from environments.tools import calculator, call_tool, python, schema, set_python_runner
 from reward.code_exec import run_python
@@ -162,7 +162,7 @@ def test_tool_entries_are_checked(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("rollout.environment.name=gym", "the built-in is `tools`"),
+        ("rollout.environment.name=gym", "the built-ins are `tools` and `openenv`"),
         ("rollout.environment.name=tools", "needs at least one tool"),
         ("rollout.environment.max_turns=0", "must be >= 1"),
         ("rollout.environment.max_tool_calls_per_turn=0", "max_tool_calls_per_turn.*must be >= 1"),
@@ -198,6 +198,26 @@ def test_tool_failures_are_logged_with_their_input_and_stop_the_run_past_the_lim
     worse = [Group(prompt, [trajectory(["unknown", "crash"]) for _ in range(8)])]
     with pytest.raises(RunStopped, match="step 3: 16 of 16 tool calls failed"):
         log_tool_failures(cfg, tmp_path, 3, worse)
+
+
+@pytest.mark.parametrize("reward", [float("nan"), float("inf"), "1", [1]])
+def test_a_step_reward_that_is_not_a_finite_number_is_refused(reward):
+    with pytest.raises(EnvironmentError_, match="reward` \\(a finite number or None"):
+        as_step({"messages": [], "done": True, "reward": reward}, "Env")
+
+
+def test_step_rewards_and_their_metric():
+    assert as_step({"done": True, "reward": -0.5}, "Env") == Step(done=True, reward=-0.5)
+    assert as_step(Step(reward=2), "Env").reward == 2
+    samples = [trajectory([]), trajectory([]), trajectory([])]
+    samples[0].env_reward, samples[1].env_reward = 1.0, 0.0  # the third's environment gave none
+    assert (
+        multi_turn_metrics([Group(Prompt("p", "", [1]), samples)])["multi_turn/env_reward_mean"]
+        == 0.5
+    )
+    assert "multi_turn/env_reward_mean" not in multi_turn_metrics(
+        [Group(Prompt("p", "", [1]), [trajectory([])])]
+    )
 
 
 def test_multi_turn_metrics():
