@@ -179,14 +179,15 @@ def reserve(cfg: Config, run_id: str) -> Placement:
     return Placement(cfg, engines, learner)
 
 
-def report(rollout, learner, rewards) -> dict[str, list[dict[str, str]]]:
-    """Where every actor landed: {role: [{"index": i, "node_id": ...}]} (written by the driver
-    to `<run dir>/placement.json`)."""
+def report(rollout, learner, rewards) -> dict[str, list[dict]]:
+    """Where every actor landed: {role: [{"index": i, "node_id", "cores", "threads"}]} (cores
+    it may run on; torch's threads for engines and learner ranks), written by the driver to
+    `<run dir>/placement.json`."""
     roles = {"rollout": rollout.actors, "learner": learner.ranks, "reward": rewards.actors}
     return {
         role: [
-            {"index": i, "node_id": node}
-            for i, node in enumerate(ray.get([a.node_id.remote() for a in actors]))
+            {"index": i, **where}
+            for i, where in enumerate(ray.get([a.where.remote() for a in actors]))
         ]
         for role, actors in roles.items()
     }

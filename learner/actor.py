@@ -25,6 +25,7 @@ Not covered: ZeRO-3 for the reference model (it is a full copy on every rank), s
 from __future__ import annotations
 
 import math
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -108,11 +109,16 @@ class LearnerActor:
         self.algorithm, self.trainer, self.use_gpu = algorithm, trainer, use_gpu
         self.world_size = learner.world_size
 
-    def node_id(self) -> str:
-        """The Ray node this actor runs on (for the placement report)."""
+    def where(self) -> dict:
+        """Where this rank runs, for the placement report: its Ray node, the cores it may use
+        and torch's threads."""
         import ray
 
-        return ray.get_runtime_context().get_node_id()
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "cores": sorted(os.sched_getaffinity(0)),
+            "threads": torch.get_num_threads(),
+        }
 
     def node_address(self) -> tuple[str, int]:
         """This node's IP and a free port: rank 0's become the process group's rendezvous."""

@@ -13,6 +13,7 @@ to another. Not guaranteed: balancing calls by cost.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +81,13 @@ class RewardActor:
             self.close()
             raise
 
-    def node_id(self) -> str:
-        """The Ray node this actor runs on (for the placement report)."""
+    def where(self) -> dict:
+        """Where this actor runs, for the placement report: its Ray node and the cores it may
+        use."""
         import ray
 
-        return ray.get_runtime_context().get_node_id()
+        node = ray.get_runtime_context().get_node_id()
+        return {"node_id": node, "cores": sorted(os.sched_getaffinity(0))}
 
     def function_names(self) -> list[str]:
         """Names of the loaded functions, in config order (also a readiness check)."""

@@ -108,9 +108,18 @@ class RolloutActor:
         os.environ.update(env)
         bind = env.get("VLLM_CPU_OMP_THREADS_BIND", "")
         if bind and bind not in ("auto", "all", "nobind"):
-            # vLLM binds its OpenMP threads, but the engine's Python thread (scheduling,
-            # sampling) would still float onto the learner's cores: pin the whole process.
-            os.sched_setaffinity(0, parse_cores(bind.replace("|", ",")))
+            # The engine's Python thread (scheduling, sampling) would float onto the learner's
+            # cores: pin the whole process.
+            cores = parse_cores(bind.replace("|", ","))
+            os.sched_setaffinity(0, cores)
+            # One OpenMP thread per bound core. vLLM sets the count only for engine processes
+            # it spawns; this engine runs in the actor's process, where Ray set OMP_NUM_THREADS
+            # to the actor's num_cpus (1 by default): one core of two in shared placement.
+            # Set before vLLM replaces torch.set_num_threads with a no-op.
+            import torch
+
+            os.environ["OMP_NUM_THREADS"] = str(len(cores))
+            torch.set_num_threads(len(cores))
         from vllm import LLM
 
         _quiet_expected_reload_warnings()
@@ -236,11 +245,17 @@ class RolloutActor:
         logprobs = [pos[tok].logprob for tok, pos in zip(ids, c.logprobs)]
         return Sample(ids, c.text, logprobs, c.finish_reason or "stop", version)
 
-    def node_id(self) -> str:
-        """The Ray node this actor runs on (for the placement report)."""
+    def where(self) -> dict:
+        """Where this engine runs, for the placement report: its Ray node, the cores it may use
+        and torch's (OpenMP) threads."""
         import ray
+        import torch
 
-        return ray.get_runtime_context().get_node_id()
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "cores": sorted(os.sched_getaffinity(0)),
+            "threads": torch.get_num_threads(),
+        }
 
     def weights_checksum(self) -> str:
         """SHA-256 over every weight of the engine's model, in name order, and the adapter it

@@ -17,6 +17,8 @@ exactly -log(nucleus mass) at each position (`train/mismatch_kl` shows the gap a
 packed copy of the old tied output head after a reload.
 """
 
+import os
+
 import pytest
 import ray
 import torch
@@ -167,6 +169,18 @@ def nucleus(logits: torch.Tensor, temperature: float, top_p: float):
     above = torch.empty_like(probs).scatter_(-1, order, ranked.cumsum(-1) - ranked)  # [C, V]
     kept = above < top_p
     return torch.log((probs * kept).sum(-1)), kept, (above - top_p).abs().min(-1).values
+
+
+def test_the_engine_and_the_learner_run_one_thread_per_core_they_may_use(policy):
+    """Shared placement (the default): the one engine may use every core and runs that many
+    OpenMP threads; each learner rank runs its share. Ray sets an actor's OMP_NUM_THREADS to its
+    num_cpus (1) and vLLM's in-process engine kept that: one core generated while the other
+    idled (measured: 1.68x the raw engine's time per token)."""
+    [engine] = ray.get([a.where.remote() for a in policy.engine("float32").actors])
+    ranks = ray.get([r.where.remote() for r in policy.learner.ranks])
+    cores = os.cpu_count()
+    assert engine["cores"] == list(range(cores)) and engine["threads"] == cores
+    assert [r["threads"] for r in ranks] == [max(1, cores // len(ranks))] * len(ranks)
 
 
 def test_sampled_logprobs_match_the_learner_at_the_temperature(policy, ids):
