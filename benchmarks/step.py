@@ -142,9 +142,13 @@ def raw_vllm(overrides: list[str], prompts: list[list[list[int]]], out: Path) ->
     out.write_text(json.dumps({"seconds": seconds, "batches": batches}))
 
 
-def raw_deepspeed(overrides: list[str], batches: list, out: Path) -> None:
+def raw_deepspeed(overrides: list[str], batches: list, same_math: bool, out: Path) -> None:
     """A bare DeepSpeed ZeRO-0 engine with AdamW: per step, forward, token log-probabilities,
-    a policy-gradient-shaped loss, backward and step over the same micro-batches."""
+    a policy-gradient-shaped loss, backward and step over the same micro-batches. With
+    `same_math`, the log-probabilities and entropies come from the learner's own function
+    (`learner/head.py`: the head in chunks of `learner.logprob_chunk_tokens`, each recomputed in
+    the backward, plus the entropy), so what remains between it and Cohort's train phase is the
+    orchestration, not the math."""
     import deepspeed
     import torch
     from transformers import AutoModelForCausalLM
@@ -152,6 +156,7 @@ def raw_deepspeed(overrides: list[str], batches: list, out: Path) -> None:
     from cluster.models import resolve_model
     from core.config import load_config, parse_cores
     from learner.batch import FlatSample, collate
+    from learner.head import completion_token_stats
 
     cfg = load_config("configs/demo.yaml", overrides)
     cores = parse_cores(cfg.learner.cpu_cores)
@@ -185,13 +190,23 @@ def raw_deepspeed(overrides: list[str], batches: list, out: Path) -> None:
         t0 = time.perf_counter()
         for lo in range(0, len(samples), mbs):
             mb = collate(samples[lo : lo + mbs], pad)
-            logits = engine(
-                input_ids=mb.input_ids,
-                attention_mask=mb.attention_mask,
-                position_ids=mb.position_ids,
-                logits_to_keep=mb.targets.shape[1] + 1,
-            ).logits[:, :-1]
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, mb.targets[..., None])[..., 0]
+            if same_math:
+                inputs = {"input_ids": mb.input_ids, "position_ids": mb.position_ids}
+                inputs["attention_mask"] = mb.attention_mask
+                chunk = cfg.learner.logprob_chunk_tokens
+                temperature = cfg.rollout.temperature
+                logp, _ = completion_token_stats(
+                    engine, inputs, mb.targets, temperature, chunk, "value"
+                )
+            else:
+                logits = engine(
+                    input_ids=mb.input_ids,
+                    attention_mask=mb.attention_mask,
+                    position_ids=mb.position_ids,
+                    logits_to_keep=mb.targets.shape[1] + 1,
+                ).logits[:, :-1]
+                logp = torch.log_softmax(logits.float(), -1).gather(-1, mb.targets[..., None])
+                logp = logp[..., 0]
             per_token = -advantages[lo : lo + mbs, None] * logp * mb.mask
             engine.backward(per_token.sum() / mb.mask.sum().clamp(min=1))
             engine.step()
@@ -231,7 +246,12 @@ def raw_engines(args, overrides: list[str]) -> tuple[dict, dict]:
     print("raw vLLM on the same prompts ...", flush=True)
     vllm = in_subprocess("raw_vllm", overrides, {"prompts": prompts})
     print("raw DeepSpeed on the same batches ...", flush=True)
-    ds = in_subprocess("raw_deepspeed", overrides, {"batches": vllm["batches"]})
+    payload = {"batches": vllm["batches"], "same_math": False}
+    ds = in_subprocess("raw_deepspeed", overrides, payload)
+    print("raw DeepSpeed with the learner's log-prob and entropy function ...", flush=True)
+    ds["same_math_seconds"] = in_subprocess(
+        "raw_deepspeed", overrides, payload | {"same_math": True}
+    )["seconds"]
     if args.raw_cache:
         cache[key] = {"vllm": vllm, "deepspeed": ds}
         Path(args.raw_cache).write_text(json.dumps(cache))
@@ -285,6 +305,7 @@ def main() -> None:
         rows = rows[:-1]
     vllm, ds = raw_engines(args, overrides)
     raw_gen, raw_train = mean(vllm["seconds"][1:]), mean(ds["seconds"][1:])
+    same_math_train = mean(ds["same_math_seconds"][1:]) if "same_math_seconds" in ds else None
 
     def phase(key: str) -> float:
         return mean([r.get(key, 0.0) for r in rows])
@@ -321,6 +342,9 @@ def main() -> None:
         "gen_vs_raw_vllm_per_token": (phase("time/generate") / phase("rollout/tokens"))
         / (raw_gen / raw_tokens),
         "train_vs_raw_deepspeed": train_s / raw_train,
+        # The same step with the learner's log-prob/entropy function: orchestration alone.
+        "raw_deepspeed_same_math_train_s": same_math_train,
+        "train_vs_raw_same_math": train_s / same_math_train if same_math_train else None,
         "steps_per_hour": 3600 / step_s,
         "mode": args.mode,
         "placement": args.placement,
@@ -339,8 +363,15 @@ def main() -> None:
         "step_s",
         "raw_vllm_generate_s",
         "raw_deepspeed_train_s",
+        "raw_deepspeed_same_math_train_s",
     ):
-        print(f"{key:<28}{result[key]:>14.2f}")
+        if result[key] is not None:
+            print(f"{key:<28}{result[key]:>14.2f}")
+    if result["train_vs_raw_same_math"]:
+        print(
+            "train vs raw DeepSpeed with the learner's log-prob/entropy function "
+            f"{result['train_vs_raw_same_math']:.2f}x"
+        )
     print(
         f"generated tokens/step {result['generated_tokens']:.0f} (raw vLLM {raw_tokens:.0f}), "
         f"{result['tokens_per_s']:.1f} tokens/s over the whole step"
