@@ -156,6 +156,7 @@ def raw_deepspeed(overrides: list[str], batches: list, same_math: bool, out: Pat
     from cluster.models import resolve_model
     from core.config import load_config, parse_cores
     from learner.batch import FlatSample, collate
+    from learner.grpo import token_logprobs
     from learner.head import completion_token_stats
 
     cfg = load_config("configs/demo.yaml", overrides)
@@ -191,8 +192,11 @@ def raw_deepspeed(overrides: list[str], batches: list, same_math: bool, out: Pat
         for lo in range(0, len(samples), mbs):
             mb = collate(samples[lo : lo + mbs], pad)
             if same_math:
-                inputs = {"input_ids": mb.input_ids, "position_ids": mb.position_ids}
-                inputs["attention_mask"] = mb.attention_mask
+                inputs = {
+                    "input_ids": mb.input_ids,
+                    "position_ids": mb.position_ids,
+                    "attention_mask": mb.attention_mask,
+                }
                 chunk = cfg.learner.logprob_chunk_tokens
                 temperature = cfg.rollout.temperature
                 logp, _ = completion_token_stats(
@@ -205,8 +209,7 @@ def raw_deepspeed(overrides: list[str], batches: list, same_math: bool, out: Pat
                     position_ids=mb.position_ids,
                     logits_to_keep=mb.targets.shape[1] + 1,
                 ).logits[:, :-1]
-                logp = torch.log_softmax(logits.float(), -1).gather(-1, mb.targets[..., None])
-                logp = logp[..., 0]
+                logp = token_logprobs(logits, mb.targets)
             per_token = -advantages[lo : lo + mbs, None] * logp * mb.mask
             engine.backward(per_token.sum() / mb.mask.sum().clamp(min=1))
             engine.step()

@@ -5,7 +5,7 @@ OpenEnv (the `openenv-core` package, `pip install -e ".[openenv]"`) defines an e
 `done` and `reward`, and serves it over HTTP/WebSocket. Two ways to reach one:
 
 - `env: path/to/file.py:ClassName`: an `openenv.core.Environment` subclass, one instance per
-  trajectory in the rollout's process (`env_kwargs` go to its constructor);
+  trajectory in the driver's process (`env_kwargs` go to its constructor);
 - `base_url: http://host:port`: a running OpenEnv server; each trajectory opens its own session
   (OpenEnv's `GenericEnvClient`) and closes it when the trajectory ends.
 
@@ -84,11 +84,8 @@ class OpenEnvEnvironment:
         remote: bool,
     ):
         self.make, self.action = make, action
-        self.observation_field, self.reset_fields, self.remote = (
-            observation_field,
-            reset_fields,
-            remote,
-        )
+        self.observation_field, self.reset_fields = observation_field, reset_fields
+        self.remote = remote
         self.env: Any = None
 
     def reset(self, prompt: str, row: dict) -> None:
@@ -151,9 +148,16 @@ def openenv_factory(kwargs: dict[str, Any], timeout_s: float, load, base_dir: Pa
             f"{KEY}: give exactly one of `env` (path/to/file.py:ClassName, an OpenEnv "
             "Environment run in this process) or `base_url` (a running OpenEnv server)"
         )
+    for name in ("env", "base_url", "action_field", "observation_field"):
+        if not isinstance(kwargs.get(name, ""), str):
+            raise ConfigError(f"{KEY}.{name}={kwargs[name]!r}: must be a string")
+    reset_fields = kwargs.get("reset_fields", [])
+    if not (isinstance(reset_fields, list) and all(isinstance(k, str) for k in reset_fields)):
+        raise ConfigError(f"{KEY}.reset_fields={reset_fields!r}: must be a list of row fields")
+    if not isinstance(kwargs.get("env_kwargs", {}), dict):
+        raise ConfigError(f"{KEY}.env_kwargs={kwargs['env_kwargs']!r}: must be a mapping")
     core = _openenv()
     observation_field = kwargs.get("observation_field", "")
-    reset_fields = list(kwargs.get("reset_fields", []))
     field = kwargs.get("action_field", "")
     if kwargs.get("base_url"):
         if kwargs.get("env_kwargs"):

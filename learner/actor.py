@@ -18,8 +18,8 @@ rank is skipped on all of them. Old log-probabilities are computed once before t
 when a batch takes several optimizer steps or the KL is a reward penalty (otherwise they equal
 the current ones, detached). A reference model is loaded only when `algorithm.kl_coef > 0`, and
 never with LoRA (`learner.lora`): the reference is then the policy with its adapters switched off.
-Not covered: ZeRO-3 for the reference model (it is a full copy on every rank), sequence packing
-(several sequences in one row; sorting by length under a token budget only reduces padding).
+Under ZeRO-3 the reference is sharded like the policy (`learner/engine.py`);
+`learner.pack_sequences` puts a micro-batch's samples in one row.
 """
 
 from __future__ import annotations

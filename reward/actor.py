@@ -86,8 +86,10 @@ class RewardActor:
         use."""
         import ray
 
-        node = ray.get_runtime_context().get_node_id()
-        return {"node_id": node, "cores": sorted(os.sched_getaffinity(0))}
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "cores": sorted(os.sched_getaffinity(0)),
+        }
 
     def function_names(self) -> list[str]:
         """Names of the loaded functions, in config order (also a readiness check)."""

@@ -56,6 +56,7 @@ def test_an_openenv_environment_in_this_process(guess_file):
         ({"env": "guess.py:Nope"}, r"kwargs.env='guess.py:Nope'.*has no 'Nope'"),
         ({"base_url": "http://localhost:1"}, r"kwargs.action_field: name the field"),
         ({"base_url": "http://x", "env_kwargs": {"n": 1}}, r"env_kwargs: the server builds"),
+        ({"env": "guess.py:Guess", "reset_fields": "target"}, r"reset_fields='target': must be"),
     ],
 )
 def test_openenv_entries_are_checked_when_the_run_starts(guess_file, kwargs, message):
