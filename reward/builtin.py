@@ -15,8 +15,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from math_verify import parse, verify
-
 from reward.code_exec import code_tests
 from reward.remote_rm import remote_rm
 
@@ -76,6 +74,10 @@ def answers_equal(gold: str, predicted: str) -> bool:
     gold_number, predicted_number = _as_float(gold), _as_float(predicted)
     if gold_number is not None and predicted_number is not None:
         return gold_number == predicted_number
+    # Imported here: math-verify and sympy take seconds to import, and every process that
+    # imports this module (driver, reward actors) would pay that whatever its functions.
+    from math_verify import parse, verify
+
     gold_parsed = parse(_BOXED + gold + "}", parsing_timeout=None)
     predicted_parsed = parse(_BOXED + predicted + "}", parsing_timeout=None)
     return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))

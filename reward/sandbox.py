@@ -97,9 +97,13 @@ class Sandbox:
         """The isolation layers the workers reported active."""
         self.timeout_s = timeout_s
         self.ctx = mp.get_context("forkserver")
-        # Workers fork from a server that has imported math-verify and sympy once, and the
-        # main module (in a Ray actor, Ray's worker script): else each new worker imports it.
-        self.ctx.set_forkserver_preload(["__main__", "reward.worker", "reward.builtin"])
+        # Workers fork from a server that has imported the main module (in a Ray actor, Ray's
+        # worker script) and, where `math_answer` is used, math-verify and sympy once: else
+        # each new worker imports them.
+        preload = ["__main__", "reward.worker", "reward.builtin"]
+        if any(d.get("name") == "math_answer" for d in function_configs):
+            preload.append("math_verify")
+        self.ctx.set_forkserver_preload(preload)
         self.replaced = 0
         """Workers killed or found dead and replaced, over the sandbox's life."""
         self.workers: list[_Worker] = []

@@ -133,3 +133,20 @@ def test_length():
 def test_all_builtins_registered():
     assert sorted(BUILTIN) == ["code_tests", "environment_reward", "exact_match", "format",
                                "length", "math_answer", "regex_match", "remote_rm"]  # fmt: skip
+
+
+def test_math_verify_is_imported_only_when_a_symbolic_answer_is_compared():
+    """math-verify and sympy take seconds to import: the driver and reward actors import this
+    module whatever their functions, and pay it only when `math_answer` compares two answers
+    that are not both plain numbers."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys; from reward.builtin import math_answer as m;"
+        "m('\\\\boxed{42}', prompt='', answer='42', row={}); print('math_verify' in sys.modules);"
+        "m('\\\\boxed{0.5}', prompt='', answer='\\\\frac{1}{2}', row={});"
+        "print('math_verify' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
