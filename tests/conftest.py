@@ -16,9 +16,11 @@ def _isolate_suite() -> str:
     write outside its temp dirs into one folder of its own: Ray's sessions and address file
     (TMPDIR), caches (compiled DeepSpeed ops, vLLM, matplotlib, built models), configs, and
     Ray's auth token (given in the environment, so no ~/.ray/auth_token is written). Two
-    copies of the suite on one machine then share nothing. Short, under /tmp: Ray's unix
-    sockets live under TMPDIR and their paths must stay under 108 bytes."""
+    copies of the suite on one machine then share nothing but the venv's caches of compiled
+    code (DeepSpeed's ops, inductor's kernels), which their builders lock. Short, under /tmp:
+    Ray's unix sockets live under TMPDIR and their paths must stay under 108 bytes."""
     import atexit
+    import getpass
     import secrets
     import sys
     import tempfile
@@ -45,6 +47,14 @@ def _isolate_suite() -> str:
         "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]),
     }
     tempfile.tempdir = None  # re-read TMPDIR
+    # torch's inductor, with which vLLM compiles its CPU sampling kernels, keeps a precompiled
+    # C++ header and the compiled kernels in `<TMPDIR>/torchinductor_<user>`: in a new temp dir
+    # the suite's first engine spends about 40 s compiling them. Kept with the venv, as the
+    # DeepSpeed ops are, and shared by suites under inductor's own file locks.
+    inductor = os.path.join(sys.prefix, "torchinductor")
+    os.makedirs(inductor, exist_ok=True)
+    os.symlink(inductor, os.path.join(root, f"torchinductor_{getpass.getuser()}"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor
     atexit.register(_remove_suite_dir, root)
     return root
 
@@ -60,7 +70,9 @@ def _remove_suite_dir(root: str) -> None:
 
     own = multiprocessing.current_process()._config.get("tempdir")  # no public accessor
     for entry in os.scandir(root):
-        if entry.path != own:
+        if entry.is_symlink():  # the venv's inductor cache: the link goes, the cache stays
+            os.unlink(entry.path)
+        elif entry.path != own:
             shutil.rmtree(entry.path, ignore_errors=True)
     if own and os.path.isdir(own):  # multiprocessing removes it at priority -100, then this
         multiprocessing.util.Finalize(
