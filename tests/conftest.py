@@ -55,6 +55,9 @@ def _isolate_suite() -> str:
     os.makedirs(inductor, exist_ok=True)
     os.symlink(inductor, os.path.join(root, f"torchinductor_{getpass.getuser()}"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor
+    # vLLM inspects a model architecture's class once, in a subprocess that imports vLLM (about
+    # 20 s on two cores), and caches the answer keyed by the hash of vLLM's own source file.
+    os.environ["VLLM_CACHE_ROOT"] = os.path.join(sys.prefix, "vllm-cache")
     atexit.register(_remove_suite_dir, root)
     return root
 
