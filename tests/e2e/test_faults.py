@@ -30,7 +30,7 @@ LR, WARMUP = 3e-3, 6  # smoke's learner.lr; warm-up over 6 optimizer steps (line
 PUSH_DEADLINE_S = 5
 MISMATCH_TOL = 1e-6
 """|train/mismatch_kl| bound (nats/token). The float32 engine and learner agree to about 1e-8
-per step on the smoke model (measured: at most 1.1e-8 over the 9 steps, restarted engine
+per step on the smoke model (measured: at most 1.1e-8 over the 8 steps, restarted engines
 included), 100x below this; the float32 parity tolerance per token is 2e-4."""
 
 
