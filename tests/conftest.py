@@ -14,10 +14,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def _isolate_suite() -> str:
     """Point every place the suite (and the Ray clusters, runs and libraries it starts) would
     write outside its temp dirs into one folder of its own: Ray's sessions and address file
-    (TMPDIR), caches (compiled DeepSpeed ops, vLLM, matplotlib, built models), configs, and
-    Ray's auth token (given in the environment, so no ~/.ray/auth_token is written). Two
-    copies of the suite on one machine then share nothing but the venv's caches of compiled
-    code (DeepSpeed's ops, inductor's kernels), which their builders lock. Short, under /tmp:
+    (TMPDIR), caches (matplotlib, Hugging Face, built models), configs, and Ray's auth token
+    (given in the environment, so no ~/.ray/auth_token is written). Two copies of the suite on
+    one machine then share nothing but the venv's caches of what is derived from the installed
+    code alone (DeepSpeed's compiled ops, inductor's kernels, vLLM's model-class inspection),
+    which their writers lock or write atomically. Short, under /tmp:
     Ray's unix sockets live under TMPDIR and their paths must stay under 108 bytes."""
     import atexit
     import getpass

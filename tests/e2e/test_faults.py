@@ -66,7 +66,7 @@ def warmup_lr(optimizer_steps: int) -> float:
     return LR * min(1.0, (optimizer_steps + 1) / WARMUP)
 
 
-def test_faults_in_one_run_and_its_resumes(tiny_model, tmp_path):
+def test_faults_in_one_run_and_its_resume(tiny_model, tmp_path):
     faults = "kill_reward@2,nan_loss@3,kill_rollout@4,nan_loss@5,nan_loss@6"
     first = smoke(tiny_model, tmp_path, f"trainer.fault_injection={faults}")
     assert first.returncode == 3, first.stderr[-3000:]
