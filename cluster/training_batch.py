@@ -81,8 +81,10 @@ def sample_batch(
 
     t0 = time.perf_counter()
     cut = None
+    received = 0
     try:
         for key, group in groups:
+            received += 1
             scorer.put(key, group)
             cut = collect(scorer.ready())
             if cut is not None:
@@ -101,7 +103,8 @@ def sample_batch(
     rewards.account([sg.group for sg in generated], [sg.scores for sg in generated])
     kept = generated
     metrics = groups.metrics() | {"rollout/groups_sampled": float(used)}
-    metrics["engine/groups_aborted"] += len(shaped) - used  # finished after the cut
+    # finished after the cut, whether or not the scorer got to them before it was told the cut
+    metrics["engine/groups_aborted"] += received - used
     if a.dynamic_sampling:
         informative = [is_informative(sg) for sg in generated]
         keep = select_groups(informative, wanted)

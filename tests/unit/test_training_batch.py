@@ -2,7 +2,9 @@
 sampling on the stream, with stand-in pools that finish groups newest first (the real pools are
 exercised by tests/integration/test_stream.py and the end-to-end tests)."""
 
+import random
 import threading
+import time
 
 import pytest
 
@@ -45,6 +47,17 @@ def setup(*overrides):
     return cfg, PromptStream(prompts, seed=0, shuffle=False), FakeStreamRollout(make_group)
 
 
+def with_jitter(fn, seed):
+    """`fn` after a sleep of 0 to 2 ms, drawn from its own seeded generator."""
+    rng = random.Random(seed)
+
+    def slow(*args):
+        time.sleep(rng.random() / 500)
+        return fn(*args)
+
+    return slow
+
+
 def ids(groups):
     return [g.prompt.id for g in groups]
 
@@ -80,11 +93,16 @@ def test_dynamic_sampling_generates_until_enough_groups_have_spread():
 @pytest.mark.parametrize("in_flight", [1, 3, 20])
 def test_dynamic_sampling_batch_does_not_depend_on_how_many_groups_run_at_once(in_flight):
     """Groups finish in a different order with each window, yet the same prompts are used and
-    the same groups kept; what ran past the cut is aborted or dropped, and counted."""
+    the same groups kept; what ran past the cut is aborted or dropped, and counted. Generation
+    and scoring take a random millisecond or two, so groups past the cut are caught both scored
+    and still waiting for the scorer."""
     cfg, stream, rollout = setup("algorithm.dynamic_sampling=true",
                                  "algorithm.max_generation_rounds=5",
                                  f"rollout.max_groups_in_flight={in_flight}")  # fmt: skip
-    batch = sample_batch(cfg, stream, rollout, FakeRewards(), PhaseTimer())
+    rollout.make_group = with_jitter(rollout.make_group, seed=in_flight)
+    rewards = FakeRewards()
+    rewards.score_only = with_jitter(rewards.score_only, seed=in_flight + 100)
+    batch = sample_batch(cfg, stream, rollout, rewards, PhaseTimer())
     assert ids(batch.groups) == ["train:1", "train:3", "train:5", "train:7"]
     assert ids(batch.generated_groups) == [f"train:{i}" for i in range(8)]
     sent = rollout.streams[0].sent
