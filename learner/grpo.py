@@ -37,6 +37,17 @@ from learner.losses import (
 )
 
 
+def log_softmax(
+    logits: torch.Tensor,  # [..., V]
+    temperature: float = 1.0,
+) -> torch.Tensor:  # [..., V] in float32
+    """log softmax(logits / temperature) over the vocabulary."""
+    logits = logits.float()
+    if temperature != 1.0:  # dividing by 1 is exact, and would copy the whole [..., V] tensor
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1)
+
+
 def token_logprobs(
     logits: torch.Tensor,  # [B, T, V] logits predicting targets
     targets: torch.Tensor,  # [B, T] token ids
@@ -46,14 +57,32 @@ def token_logprobs(
     samples from when `rollout.top_p` is 1. Its `processed_logprobs` are also after top-p, so
     with top-p < 1 the two differ on the tail (`train/mismatch_kl` reports it, and
     `algorithm.sampler_correction` corrects for it)."""
-    logits = logits.float() / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return token_stats(logits, targets, temperature)[0]
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) at each position: [B, T, V] -> [B, T]."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return entropy_from_logprobs(log_softmax(logits, temperature))
+
+
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy of each distribution given as log-probabilities: [..., V] -> [...]."""
     return -(logp.exp() * logp).sum(-1)
+
+
+def token_stats(
+    logits: torch.Tensor,  # [B, T, V] logits predicting targets
+    targets: torch.Tensor,  # [B, T] token ids
+    temperature: float = 1.0,
+    entropy: str = "none",  # "none", "value" (no gradient) or "grad"
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, T] log-probs, [B, T] entropies or None
+    """`token_logprobs` and, unless `entropy` is "none", `entropy_from_logits`, from one
+    log-softmax of the logits (the vocabulary-wide passes are the costly part)."""
+    logp = log_softmax(logits, temperature)  # [B, T, V]
+    chosen = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    if entropy == "none":
+        return chosen, None
+    return chosen, entropy_from_logprobs(logp.detach() if entropy == "value" else logp)
 
 
 def sequence_kl(

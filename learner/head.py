@@ -58,11 +58,8 @@ def chunked_token_stats(
 
     def stats(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = head(x).unsqueeze(0)  # [1, n, V]
-        logp = grpo.token_logprobs(logits, t.unsqueeze(0), temperature)[0]  # [n]
-        if entropy == "none":
-            return logp, logp.new_zeros(())
-        source = logits if entropy == "grad" else logits.detach()
-        return logp, grpo.entropy_from_logits(source, temperature)[0]  # [n]
+        logp, ent = grpo.token_stats(logits, t.unsqueeze(0), temperature, entropy)  # [1, n]
+        return logp[0], logp.new_zeros(()) if ent is None else ent[0]
 
     logps, entropies = [], []
     for start in range(0, b * c, chunk_tokens):
@@ -114,8 +111,4 @@ def completion_token_stats(
         logits = logits.reshape(-1, logits.shape[-1])[gather]  # [B, C, V]
     else:
         logits = model(**inputs, logits_to_keep=columns + 1).logits[:, :-1]  # [B, C, V]
-    logp = grpo.token_logprobs(logits, targets, temperature)
-    if entropy == "none":
-        return logp, None
-    source = logits if entropy == "grad" else logits.detach()
-    return logp, grpo.entropy_from_logits(source, temperature)
+    return grpo.token_stats(logits, targets, temperature, entropy)
