@@ -29,6 +29,18 @@ def test_token_logprobs_with_temperature():
     assert grpo.token_logprobs(logits, target, 2.0).exp().item() == pytest.approx(0.633975)
 
 
+@pytest.mark.parametrize("entropy", ["value", "grad"])
+def test_token_stats_gives_both_from_one_softmax(entropy):
+    """softmax([0, ln 3]) = [0.25, 0.75]: log-prob of token 1 is ln 0.75, the entropy
+    -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335; only "grad" lets the entropy's gradient through."""
+    logits = torch.tensor([[[0.0, math.log(3.0)]]], requires_grad=True)
+    logp, ent = grpo.token_stats(logits, torch.tensor([[1]]), 1.0, entropy)
+    assert logp.item() == pytest.approx(math.log(0.75))
+    assert ent.item() == pytest.approx(0.562335, abs=1e-6)
+    assert ent.requires_grad == (entropy == "grad") and logp.requires_grad
+    assert grpo.token_stats(logits, torch.tensor([[1]]))[1] is None
+
+
 def test_entropy_of_uniform_is_log_vocab():
     assert grpo.entropy_from_logits(torch.zeros(1, 1, 4)).item() == pytest.approx(math.log(4))
 
