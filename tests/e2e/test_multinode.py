@@ -17,8 +17,7 @@ weights (SHA-256 over each engine's weights) and the weights changed; the evalua
 `trainer.eval_every`; the metrics equal a single-node run of the same config pushing through
 `object_store` (the engines' weight checksums exactly, every other non-time value to 1e-6
 relative; the timing-dependent keys are only checked to be present). The single-node run goes
-side by side with the 3-node cluster's start and job (170 s for the test against 185-194 s one
-after the other, measured on the 2-core machine).
+side by side with the 3-node cluster's start and job, whose process start-ups leave a core idle.
 """
 
 import json
