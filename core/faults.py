@@ -9,8 +9,8 @@ ENOSPC while step 2's checkpoint is written; `nan_loss@2` makes the learner's lo
 `kill_learner@3` kill rollout engine 0 / reward actor 0 / learner rank 0 in step 3;
 `hang_rollout@2` makes rollout engine 0 stop answering in the middle of step 2's weight push
 (it receives the first bucket, then sleeps an hour), which `cluster.push_timeout_s` catches.
-Guaranteed: an empty spec does nothing, and every fault fires at most once per process. Not
-covered: faults outside these points.
+Guaranteed: an empty spec does nothing, and every fault fires at most once per process (or
+since `rearm`). Not covered: faults outside these points.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ def due(spec: str, name: str, step: int) -> bool:
         return False
     _fired.add((name, step))
     return True
+
+
+def rearm() -> None:
+    """Let every fault fire again in this process, as in a new one (a learner rebuilt in place,
+    `LearnerActor.rebuild`)."""
+    _fired.clear()
 
 
 def at(spec: str, phase: str, step: int) -> None:

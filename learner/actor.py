@@ -132,9 +132,41 @@ class LearnerActor:
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group, build the DeepSpeed engine and, when `algorithm.kl_coef` >
         0, load the reference model (all ranks at once)."""
+        init_process_group(master_addr, master_port, self.rank, self.world_size, self.use_gpu)
+        self._build()
+
+    def rebuild(
+        self,
+        *,
+        rollout: RolloutConfig,
+        learner: LearnerConfig,
+        algorithm: AlgorithmConfig,
+        trainer: TrainerConfig,
+    ) -> None:
+        """Drop the engine and build a new one from the model's initial weights with these
+        settings, in this process and process group: the learner a fresh start with them
+        would be (all ranks at once; same world size), without the start's seconds of
+        imports. A weight transfer set up for the old engine is ended; injected faults may fire
+        again."""
+        if learner.world_size != self.world_size:
+            raise ValueError(
+                f"learner.world_size cannot change from {self.world_size} to "
+                f"{learner.world_size} on running ranks: start a new learner."
+            )
+        if getattr(self, "weight_sender", None) is not None:
+            self.weight_sender.shutdown()
+            self.weight_sender = None
+        for engine in (self.engine, self.ref_model):
+            if hasattr(engine, "destroy"):  # a DeepSpeed engine: ZeRO-3's hooks come off
+                engine.destroy()
+        self.rollout, self.learner = rollout, learner
+        self.algorithm, self.trainer = algorithm, trainer
+        faults.rearm()
+        self._build()
+
+    def _build(self) -> None:
         pin_threads(self.learner, self.world_size)
         torch.manual_seed(self.trainer.seed + self.rank)
-        init_process_group(master_addr, master_port, self.rank, self.world_size, self.use_gpu)
         r = self.rollout
         plan = self._plan(r.prompts_per_step * r.group_size)
         self.engine = build_engine(self.model_path, self.model, self.learner, plan)

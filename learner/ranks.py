@@ -34,25 +34,41 @@ class LearnerRanks:
                 return placement.learner_options(rank)
             return {"num_cpus": cfg.cluster.learner_cpus, "num_gpus": int(cfg.cluster.use_gpu)}
 
-        sections = {
-            "model": cfg.model,
-            "rollout": cfg.rollout,
-            "learner": cfg.learner,
-            "algorithm": cfg.algorithm,
-            "trainer": cfg.trainer,
-            "use_gpu": cfg.cluster.use_gpu,
-        }
         self.ranks = [
             remote.options(
                 name=f"cohort-learner-{run_id}-{r}" if run_id else None, **options(r)
-            ).remote(model_path, r, **sections)
+            ).remote(
+                model_path,
+                r,
+                model=cfg.model,
+                use_gpu=cfg.cluster.use_gpu,
+                **self._sections(cfg),
+            )
             for r in range(cfg.learner.world_size)
         ]
         master_addr, master_port = ray.get(self.ranks[0].node_address.remote())
         self._all("setup", master_addr, master_port)
 
-    def _all(self, method: str, *args: Any) -> list[Any]:
-        return ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+    @staticmethod
+    def _sections(cfg: Config) -> dict[str, Any]:
+        """The config sections a rank reads besides `model` and `cluster.use_gpu`, which stay
+        fixed for the life of its process."""
+        return {
+            "rollout": cfg.rollout,
+            "learner": cfg.learner,
+            "algorithm": cfg.algorithm,
+            "trainer": cfg.trainer,
+        }
+
+    def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return ray.get([getattr(r, method).remote(*args, **kwargs) for r in self.ranks])
+
+    def rebuild(self, cfg: Config) -> None:
+        """The learner `LearnerRanks(cfg, ...)` would start, built in these ranks' processes
+        (`LearnerActor.rebuild`): same model and world size, any other learner, algorithm,
+        rollout or trainer settings. Saves each rank's start (about 10 CPU-seconds of imports),
+        e.g. between the cases of a sweep."""
+        self._all("rebuild", **self._sections(cfg))
 
     def peak_flops(self) -> dict[str, Any]:
         """The learner's matmul peak (`learner/flops.py`): per rank and in total, FLOP/s. Call

@@ -8,9 +8,11 @@ micro-batch), so the split cannot change the result; this test checks that on th
 DeepSpeed engine. Gradients are read through plain SGD at lr 1 without clipping: the weight
 change of one step is exactly minus the gradient.
 
-One learner per split runs every case of that split, reset between cases to its initial
-checkpoint with the case's algorithm settings; one case is repeated after the others to check
-that a reset learner computes bitwise what the fresh one did.
+One learner per world size runs every split of that size, rebuilt for each split
+(`LearnerRanks.rebuild`: the learner a fresh start would be, without starting its processes),
+and every case of the split, reset between cases to the split's initial checkpoint with the
+case's algorithm settings; one case is repeated after the others to check that a reset learner
+computes bitwise what the fresh one did.
 """
 
 import pytest
@@ -108,15 +110,21 @@ def one_step(learner: LearnerRanks, start_weights: dict[str, torch.Tensor], kl: 
 @pytest.fixture(scope="module")
 def results(ray_local, tiny_model, tmp_path_factory):
     """(split, case) -> (metrics, gradient) of every case each split runs, and (split, case,
-    "again") for the repeated case. One learner per split at a time."""
+    "again") for the repeated case. One learner (of one world size) at a time."""
     out = {}
-    for split in SPLITS:
+    learner = None
+    for split in sorted(SPLITS, key=world_size):
         cases = [c for c in CASES if split in KL_SPLITS.get(c, SPLITS)]
-        learner = None
-        for case in cases + ([REPEATED[1]] if split == REPEATED[0] else []):
+        for i, case in enumerate(cases + ([REPEATED[1]] if split == REPEATED[0] else [])):
             cfg = case_config(tiny_model, split, case)
-            if learner is None:  # the first case runs on the fresh learner
-                learner = LearnerRanks(cfg, tiny_model)
+            if i == 0:  # the first case of a split runs on a fresh learner
+                if learner is not None and len(learner.ranks) != cfg.learner.world_size:
+                    learner.shutdown()
+                    learner = None
+                if learner is None:
+                    learner = LearnerRanks(cfg, tiny_model)
+                else:
+                    learner.rebuild(cfg)
                 start = tmp_path_factory.mktemp("start")
                 learner.save_checkpoint(str(start))
                 start_weights = params(learner)
@@ -127,8 +135,13 @@ def results(ray_local, tiny_model, tmp_path_factory):
         out[split, "reference"] = ray.get(
             [rank.__ray_call__.remote(reference_shard) for rank in learner.ranks]
         )
-        learner.shutdown()
+    learner.shutdown()
     return out
+
+
+def world_size(split: str) -> int:
+    (size,) = [int(o.partition("=")[2]) for o in SPLITS[split] if "world_size" in o]
+    return size
 
 
 def reference_shard(actor) -> tuple[int, int] | None:

@@ -3,8 +3,8 @@ state and the metrics; a reset to the start (`set_algorithm` and `load_checkpoin
 guard that skips a non-finite update, under every ZeRO stage, on one rank or on all.
 
 Batches are built by hand (random completions of a tiny Llama), so no engine is needed. A
-learner takes about 15 s to start, so tests share one per module where they can, each test
-starting from a reset.
+learner takes about 15 s to start, so tests share one per world size, each test starting from a
+reset, or from a rebuild (`LearnerRanks.rebuild`) where it needs other learner settings.
 """
 
 import math
@@ -106,14 +106,17 @@ def summary(paths: set[str]) -> list[str]:
 # One rank, shared by the tests below: each starts from the learner's initial checkpoint.
 
 
+def one_rank_config(tiny_model: str):
+    return config(
+        tiny_model, "learner.micro_batch_size=4", "learner.lr=1e-2", "learner.warmup_steps=3"
+    )
+
+
 @pytest.fixture(scope="module")
 def one_rank(ray_local, tiny_model, tmp_path_factory):
     """A 1-rank AdamW learner warming up over 3 steps, its initial checkpoint, and what its
     first update did on a fresh start: (learner, start, (weights before, metrics, after))."""
-    cfg = config(
-        tiny_model, "learner.micro_batch_size=4", "learner.lr=1e-2", "learner.warmup_steps=3"
-    )
-    learner = LearnerRanks(cfg, tiny_model)
+    learner = LearnerRanks(one_rank_config(tiny_model), tiny_model)
     start = tmp_path_factory.mktemp("start")
     learner.save_checkpoint(str(start))
     before = params(learner)
@@ -193,6 +196,12 @@ def test_set_algorithm_refuses_a_different_number_of_updates(one_rank, tiny_mode
         learner.set_algorithm(two.algorithm)
 
 
+def test_rebuild_refuses_another_world_size(one_rank, tiny_model):
+    learner, _, _ = one_rank
+    with pytest.raises(ValueError, match="world_size cannot change from 1 to 2"):
+        learner.rebuild(config(tiny_model, "learner.world_size=2", "learner.micro_batch_size=4"))
+
+
 def test_a_batch_of_another_size_is_refused_not_silently_skipped(one_rank):
     """DeepSpeed steps every `gradient_accumulation_steps` micro-batches, fixed at set-up: a
     smaller batch would end no update (no optimizer step, no error) and is refused."""
@@ -220,14 +229,20 @@ def test_a_rank_imports_deepspeed_without_mlflow(one_rank):
     assert ray.get(rank.__ray_call__.remote(modules)) == (True, False, True)
 
 
-def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
+def test_several_updates_and_kl_to_reference_then_a_rebuild_is_a_fresh_learner(
+    one_rank, tiny_model
+):
+    """On the shared rank rebuilt with two updates per batch and a KL term (what
+    `set_algorithm` refuses to change); then rebuilt with the fixture's settings, it repeats
+    the fresh learner's first update bitwise."""
+    learner, _, (_, fresh, fresh_after) = one_rank
     overrides = [
         "learner.micro_batch_size=4",
         "learner.lr=1e-2",
         "algorithm.updates_per_batch=2",
         "algorithm.kl_coef=0.1",
     ]
-    learner = LearnerRanks(config(tiny_model, *overrides), tiny_model)
+    learner.rebuild(config(tiny_model, *overrides))
     first = learner.train(scored(*batch(seed=0)))
     # Two mini-batches: two optimizer steps. The second runs on moved weights, so the ratio
     # departs from 1 and the policy departs from the reference.
@@ -238,7 +253,13 @@ def test_several_updates_and_kl_to_reference(ray_local, tiny_model):
     second = learner.train(scored(*batch(seed=0)))  # the same batch again, from further away
     assert second["train/optimizer_steps"] == 4
     assert second["train/kl"] > first["train/kl"]
-    learner.shutdown()
+
+    learner.rebuild(one_rank_config(tiny_model))
+    again = learner.train(scored(*batch(seed=0)))
+    timeless = {k: v for k, v in fresh.items() if not k.startswith("time/")}
+    assert {k: v for k, v in again.items() if not k.startswith("time/")} == timeless
+    moved = [k for k, v in params(learner).items() if not torch.equal(v, fresh_after[k])]
+    assert not moved, f"the rebuilt learner's first update moved these weights otherwise: {moved}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,25 +276,36 @@ STEP_BOOKKEEPING = {"global_steps", "global_samples", "skipped_steps", "overflow
 (which still run, to keep its accumulation bookkeeping) and of its own overflow skips."""
 
 
-@pytest.fixture(scope="module", params=[0, 1, 2, 3], ids=lambda stage: f"ZeRO-{stage}")
-def guarded(request, ray_local, tiny_model):
-    """Two AdamW ranks at one ZeRO stage, 2 micro-batches per rank and update, warming up over
-    10 steps, with every fault of FAULTS configured; one normal update taken, so that Adam has
-    moments and the warm-up has moved."""
-    cfg = config(
+def guarded_config(tiny_model: str, zero_stage: int):
+    return config(
         tiny_model,
         "learner.world_size=2",
-        f"learner.zero_stage={request.param}",
+        f"learner.zero_stage={zero_stage}",
         "learner.micro_batch_size=4",
         "learner.lr=1e-2",
         "learner.warmup_steps=10",
         f"trainer.fault_injection={','.join(FAULTS.values())}",
     )
-    learner = LearnerRanks(cfg, tiny_model)
-    first = learner.train(scored(*batch(seed=0)), 1)
-    assert first["train/optimizer_steps"] == 1 and first["train/skipped_updates"] == 0
+
+
+@pytest.fixture(scope="module")
+def two_ranks(ray_local, tiny_model):
+    """Two learner ranks, rebuilt for each ZeRO stage."""
+    learner = LearnerRanks(guarded_config(tiny_model, 0), tiny_model)
     yield learner
     learner.shutdown()
+
+
+@pytest.fixture(scope="module", params=[0, 1, 2, 3], ids=lambda stage: f"ZeRO-{stage}")
+def guarded(request, two_ranks, tiny_model):
+    """Two AdamW ranks at one ZeRO stage, 2 micro-batches per rank and update, warming up over
+    10 steps, with every fault of FAULTS configured; one normal update taken, so that Adam has
+    moments and the warm-up has moved."""
+    learner = two_ranks
+    learner.rebuild(guarded_config(tiny_model, request.param))
+    first = learner.train(scored(*batch(seed=0)), 1)
+    assert first["train/optimizer_steps"] == 1 and first["train/skipped_updates"] == 0
+    return learner
 
 
 @pytest.mark.parametrize("fault", FAULTS)
