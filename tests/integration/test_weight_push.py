@@ -54,10 +54,16 @@ def parity_config(tiny_model: str, dtype: str, transport: str = "object_store"):
     return load_config("configs/smoke.yaml", overrides)
 
 
+ENGINE_TRANSPORT = {"float32": "object_store", "bfloat16": "gloo"}
+"""The transport each dtype's engine is built for. An engine built for `gloo` takes
+`object_store` pushes too (test_gloo_transfer.py pushes both ways to the same engines), so the
+bfloat16 cases of both transports share one engine start."""
+
+
 class SharedPolicy:
-    """One learner for the module and an engine per rollout dtype (and transport), started on
-    first use, with the version of the weights each holds (the learner's: its training steps so
-    far)."""
+    """One learner for the module and an engine per rollout dtype, started on first use, with
+    the version of the weights each holds (the learner's: its training steps so far). A case
+    names `<dtype>` (pushed through `object_store`) or `<dtype>/<transport>`."""
 
     def __init__(self, tiny_model: str):
         self.tiny_model = tiny_model
@@ -70,24 +76,24 @@ class SharedPolicy:
         )
         self.learner = started["learner"]
 
-    def engine(self, dtype: str) -> RolloutPool:
-        """`dtype` is a rollout dtype, or `<dtype>/gloo` for an engine the `gloo` transport
-        pushes to."""
+    def engine(self, case: str) -> RolloutPool:
+        """The engine of the case's rollout dtype."""
+        dtype = case.partition("/")[0]
         if dtype not in self.engines:
-            dt, _, transport = dtype.partition("/")
-            transport = transport or "object_store"
-            cfg = parity_config(self.tiny_model, dt, transport)
-            name = f"parity-{dt}-{transport}"
+            transport = ENGINE_TRANSPORT[dtype]
+            cfg = parity_config(self.tiny_model, dtype, transport)
+            name = f"parity-{dtype}"
             pool = RolloutPool(cfg, self.tiny_model, name, weight_transport=transport)
             self.engines[dtype] = (pool, 0)
         return self.engines[dtype][0]
 
-    def push(self, dtype: str) -> None:
-        """The driver's push: the transport the engine's config resolves to (a group transport
-        joins the learner and this engine anew for each push)."""
-        engine = self.engine(dtype)
-        transport = make_transport(engine.cfg, self.learner, engine)
-        transport.push(self.learner, engine, version=self.version)
+    def push(self, case: str) -> None:
+        """The driver's push through the case's transport (a group transport joins the learner
+        and the engine anew for each push)."""
+        dtype, _, transport = case.partition("/")
+        engine = self.engine(case)
+        cfg = parity_config(self.tiny_model, dtype, transport or "object_store")
+        make_transport(cfg, self.learner, engine).push(self.learner, engine, version=self.version)
         self.engines[dtype] = (engine, self.version)
 
     def push_in_buckets(self, dtype: str, bucket_mb: int) -> list:
@@ -99,11 +105,12 @@ class SharedPolicy:
         self.engines[dtype] = (engine, self.version)
         return refs
 
-    def synced(self, dtype: str) -> RolloutPool:
-        """The engine of `dtype`, holding the learner's current weights (pushed if behind)."""
-        engine = self.engine(dtype)
-        if self.engines[dtype][1] != self.version:
-            self.push(dtype)
+    def synced(self, case: str) -> RolloutPool:
+        """The case's engine, holding the learner's current weights (pushed through the case's
+        transport if behind)."""
+        engine = self.engine(case)
+        if self.engines[case.partition("/")[0]][1] != self.version:
+            self.push(case)
         return engine
 
     def train_step(self, dtype: str, prompts: list[Prompt]) -> None:
@@ -218,8 +225,8 @@ def test_top_p_logprobs_are_the_learners_renormalised_over_the_nucleus(policy, i
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16/gloo"])
 def test_push_makes_engine_match_learner(policy, ids, dtype):
-    """`object_store` in both rollout dtypes, and `gloo` (the `nccl` protocol on CPU) with
-    bfloat16 engines (its float32 push is compared bitwise in test_gloo_transfer.py)."""
+    """`object_store` in both rollout dtypes, and `gloo` (the `nccl` protocol on CPU) to the
+    bfloat16 engine (its float32 push is compared bitwise in test_gloo_transfer.py)."""
     prompt_ids, completion_ids = ids
     tol = TOL[dtype.partition("/")[0]]
     engine = policy.synced(dtype)
