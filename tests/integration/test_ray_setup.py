@@ -42,12 +42,15 @@ def test_local_dashboard_is_loopback_and_token_protected():
 
 
 def test_a_cluster_too_small_for_the_config_exits_2_with_the_fix(tiny_model, tmp_path):
-    # Local Ray with one CPU cannot hold the smoke config's 1.25: a clear error and exit code 2
-    # before any actor starts, not a traceback and exit 1.
+    # The suite's cluster (4 CPUs) cannot hold an engine of 4 CPUs beside the learner's 0.5 and
+    # the reward actor's 0.25: a clear error and exit code 2 before any actor starts, not a
+    # traceback and exit 1.
     from tests.conftest import run_cohort
 
-    args = ["train", "configs/smoke.yaml", f"model.path={tiny_model}", "cluster.num_cpus=1"]
-    done = run_cohort([*args, f"trainer.output_dir={tmp_path}"], own_ray=True)
+    args = ["train", "configs/smoke.yaml", f"model.path={tiny_model}", "cluster.rollout_cpus=4"]
+    done = run_cohort([*args, f"trainer.output_dir={tmp_path}"])
     assert done.returncode == 2, done.stderr[-2000:]
     assert "the Ray cluster cannot hold this config" in done.stderr
-    assert "CPU: needs 1.25" in done.stderr and "Traceback" not in done.stderr
+    needs = "CPU: needs 4.75 (learner ranks 0.5, rollout engines 4, reward actors 0.25)"
+    assert f"{needs}, the cluster has 4" in done.stderr
+    assert "Add nodes" in done.stderr and "Traceback" not in done.stderr
