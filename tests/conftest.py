@@ -1,4 +1,16 @@
-"""Shared fixtures: a tiny Llama built by the tests, and one Ray cluster for the suite."""
+"""Shared fixtures: a tiny Llama built by the tests, and one Ray cluster for the suite.
+
+What the suite's time is made of, and so how a new test keeps it short: on two cores nearly all
+of it is process start-up, third-party imports mostly (measured on a 10-step smoke run joining a
+cluster: 53 CPU-seconds in 37 s, of which the vLLM engine 20-25, a learner rank 10-12, the
+driver 8-10, the reward actor 1.5; the steps are about a second each). So a test shares
+processes wherever that keeps it independent: runs join the suite's cluster (`cohort_command`)
+instead of starting a Ray; a module keeps one learner per world size and rebuilds it for other
+settings (`LearnerRanks.rebuild`, bitwise a fresh learner) or resets it to a checkpoint; a
+module keeps one engine per dtype; fault cases chain in one run and its resumptions. Running
+runs side by side does not help here: two smoke runs at once took 71 s against 37 s each alone,
+their engines using 66 CPU-seconds against 20-25 each alone (138 in all against 2 x 53).
+"""
 
 from __future__ import annotations
 
