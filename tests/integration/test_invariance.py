@@ -111,31 +111,33 @@ def one_step(learner: LearnerRanks, start_weights: dict[str, torch.Tensor], kl: 
 def results(ray_local, tiny_model, tmp_path_factory):
     """(split, case) -> (metrics, gradient) of every case each split runs, and (split, case,
     "again") for the repeated case. One learner (of one world size) at a time."""
-    out = {}
-    learner = None
-    for split in sorted(SPLITS, key=world_size):
-        cases = [c for c in CASES if split in KL_SPLITS.get(c, SPLITS)]
-        for i, case in enumerate(cases + ([REPEATED[1]] if split == REPEATED[0] else [])):
-            cfg = case_config(tiny_model, split, case)
-            if i == 0:  # the first case of a split runs on a fresh learner
-                if learner is not None and len(learner.ranks) != cfg.learner.world_size:
-                    learner.shutdown()
-                    learner = None
-                if learner is None:
-                    learner = LearnerRanks(cfg, tiny_model)
+    out, learner = {}, None
+    try:
+        for split in sorted(SPLITS, key=world_size):
+            cases = [c for c in CASES if split in KL_SPLITS.get(c, SPLITS)]
+            for i, case in enumerate(cases + ([REPEATED[1]] if split == REPEATED[0] else [])):
+                cfg = case_config(tiny_model, split, case)
+                if i == 0:  # the first case of a split runs on a fresh learner
+                    if learner is not None and len(learner.ranks) != cfg.learner.world_size:
+                        learner.shutdown()
+                        learner = None
+                    if learner is None:
+                        learner = LearnerRanks(cfg, tiny_model)
+                    else:
+                        learner.rebuild(cfg)
+                    start = tmp_path_factory.mktemp("start")
+                    learner.save_checkpoint(str(start))
+                    start_weights = params(learner)
                 else:
-                    learner.rebuild(cfg)
-                start = tmp_path_factory.mktemp("start")
-                learner.save_checkpoint(str(start))
-                start_weights = params(learner)
-            else:
-                reset(learner, str(start), cfg.algorithm)
-            key = (split, case) if (split, case) not in out else (split, case, "again")
-            out[key] = one_step(learner, start_weights, kl=cfg.algorithm.kl_coef > 0)
-        out[split, "reference"] = ray.get(
-            [rank.__ray_call__.remote(reference_shard) for rank in learner.ranks]
-        )
-    learner.shutdown()
+                    reset(learner, str(start), cfg.algorithm)
+                key = (split, case) if (split, case) not in out else (split, case, "again")
+                out[key] = one_step(learner, start_weights, kl=cfg.algorithm.kl_coef > 0)
+            out[split, "reference"] = ray.get(
+                [rank.__ray_call__.remote(reference_shard) for rank in learner.ranks]
+            )
+    finally:
+        if learner is not None:
+            learner.shutdown()
     return out
 
 

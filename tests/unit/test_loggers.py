@@ -77,6 +77,11 @@ def test_wandb_offline_run_has_the_data(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_log(tmp_path, "logging.wandb={project: cohort-test, mode: offline}")
+    import wandb
+
+    # Once, under the whole suite's load, the file read right after `finish` held no history
+    # records yet; W&B's teardown waits for its service process to write everything and exit.
+    wandb.teardown()
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (data,) = run_dir.glob("*.wandb")
     from wandb.proto import wandb_internal_pb2
