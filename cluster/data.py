@@ -259,17 +259,21 @@ def _check_messages(messages: list, key: str) -> None:
 # Prompts: rows -> chat template -> token ids
 
 
-def load_prompts(
-    name: str,
-    src: DataSourceConfig,
-    data: DataConfig,
-    tokenizer,
-    report: LoadReport | None = None,
-    tools: list[dict] | None = None,
-) -> list[Prompt]:
-    """Build tokenised prompts for source `name` (`train` or `eval`); `report` (filled in, and
-    printed when something was dropped) says what was kept and dropped; `tools`: the JSON
-    schemas of the tools the model may call (multi-turn)."""
+@dataclass
+class SourceRows:
+    """One source's checked rows, each with where it came from, read before the tokenizer is
+    needed (so a bad file or row is reported before anything starts), and its report so far."""
+
+    name: str
+    src: DataSourceConfig
+    rows: list[tuple[str, dict[str, Any]]]
+    report: LoadReport
+
+
+def read_source(
+    name: str, src: DataSourceConfig, data: DataConfig, report: LoadReport | None = None
+) -> SourceRows:
+    """The checked rows of source `name` (`train` or `eval`); `report` is filled in."""
     report = report if report is not None else LoadReport()
     report.source, report.skip_bad = name, data.on_bad_row == "skip"
     report.max_prompt_tokens = data.max_prompt_tokens
@@ -279,9 +283,19 @@ def load_prompts(
         report.rows = len(rows)
     else:
         rows = read_rows(src, report)
+    return SourceRows(name, src, rows, report)
+
+
+def tokenize_rows(
+    source: SourceRows, data: DataConfig, tokenizer, tools: list[dict] | None = None
+) -> list[Prompt]:
+    """Tokenised prompts of `source`'s rows; its report (printed when something was dropped)
+    says what was kept and dropped; `tools`: the JSON schemas of the tools the model may call
+    (multi-turn)."""
+    name, report = source.name, source.report
     template = chat_template(data)
     prompts = []
-    for i, (where, row) in enumerate(rows):
+    for i, (where, row) in enumerate(source.rows):
         messages, text = _messages(row["prompt"], data)
         try:
             ids = render(tokenizer, messages, template, tools)
@@ -289,7 +303,7 @@ def load_prompts(
             report.reject(
                 where,
                 DataError(
-                    f"field {src.prompt_key!r}: the chat template rejects this prompt "
+                    f"field {source.src.prompt_key!r}: the chat template rejects this prompt "
                     f"({type(e).__name__}: {e})"
                 ),
             )
@@ -305,6 +319,18 @@ def load_prompts(
     if not prompts:
         raise DataError(f"data.{name} has no usable prompt ({report.summary()})")
     return prompts
+
+
+def load_prompts(
+    name: str,
+    src: DataSourceConfig,
+    data: DataConfig,
+    tokenizer,
+    report: LoadReport | None = None,
+    tools: list[dict] | None = None,
+) -> list[Prompt]:
+    """`read_source` then `tokenize_rows`: tokenised prompts of source `name`."""
+    return tokenize_rows(read_source(name, src, data, report), data, tokenizer, tools)
 
 
 def chat_template(data: DataConfig) -> str | None:
@@ -368,17 +394,32 @@ def _messages(prompt: str | list, data: DataConfig) -> tuple[list[dict], str]:
     return messages, text
 
 
+def read_datasets(data: DataConfig) -> list[SourceRows]:
+    """The train and eval sources' checked rows (`read_source`), in that order."""
+    return [read_source(name, getattr(data, name), data) for name in ("train", "eval")]
+
+
+def tokenize_datasets(
+    sources: list[SourceRows],
+    data: DataConfig,
+    tokenizer,
+    run_dir: Path | None = None,
+    tools: list[dict] | None = None,
+) -> list[list[Prompt]]:
+    """Each source's prompts (`tokenize_rows`, showing `tools`, the tool schemas, when given);
+    the load reports go to `<run_dir>/data_report.json`."""
+    prompts = [tokenize_rows(source, data, tokenizer, tools) for source in sources]
+    if run_dir is not None:
+        summary = {source.name: asdict(source.report) for source in sources}
+        (Path(run_dir) / "data_report.json").write_text(json.dumps(summary, indent=1))
+    return prompts
+
+
 def load_datasets(
     data: DataConfig, tokenizer, run_dir: Path | None = None, tools: list[dict] | None = None
-):
-    """Train and eval prompts (showing `tools`, the tool schemas, when given); the load reports
-    go to `<run_dir>/data_report.json`."""
-    reports = {"train": LoadReport(), "eval": LoadReport()}
-    train = load_prompts("train", data.train, data, tokenizer, reports["train"], tools)
-    evals = load_prompts("eval", data.eval, data, tokenizer, reports["eval"], tools)
-    if run_dir is not None:
-        summary = {k: asdict(r) for k, r in reports.items()}
-        (Path(run_dir) / "data_report.json").write_text(json.dumps(summary, indent=1))
+) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and eval prompts: `read_datasets` then `tokenize_datasets`."""
+    train, evals = tokenize_datasets(read_datasets(data), data, tokenizer, run_dir, tools)
     return train, evals
 
 

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from cluster import checkpoint
 from cluster.checkpoint import find_resume_point
-from cluster.data import PromptStream, load_datasets, steps_for_epochs
+from cluster.data import (
+    PromptStream,
+    SourceRows,
+    read_datasets,
+    steps_for_epochs,
+    tokenize_datasets,
+)
 from cluster.evaluation import evaluate
 from cluster.health import Health, faults_during
 from cluster.metrics import MetricsLog, PhaseTimer, perf_metrics, rollout_metrics
@@ -35,9 +41,10 @@ from cluster.ray_setup import connect_ray
 from cluster.transport import make_transport, resolve_transport
 from core import faults
 from core.config import Config, dump_yaml, reward_function_name
-from core.pools import start_together
+from core.pools import Starting
 from environments.loading import tool_schemas
 from learner.ranks import LearnerRanks
+from reward.functions import read_sources
 from reward.pool import RewardPool
 from reward.scoring import reward_metrics
 from rollout.pool import RolloutPool
@@ -64,22 +71,16 @@ def train(cfg: Config) -> Path:
     print(f"run directory: {run_dir}", flush=True)
     model_path = resolve_model(cfg.model.path)
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     tools = tool_schemas(cfg.rollout.environment, Path.cwd())  # multi-turn: shown in prompts
-    train_prompts, eval_prompts = load_datasets(cfg.data, tokenizer, run_dir, tools)
-    conversations = conversations_factory(cfg, model_path, tokenizer, Path.cwd())
-    if cfg.data.epochs:
-        t.steps = steps_for_epochs(cfg, len(train_prompts))
-    if not resume_from:  # the config this run uses, trainer.steps from data.epochs included
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    stream = PromptStream(train_prompts, t.seed, cfg.data.shuffle)
+    # Every input that is cheap to check is checked before Ray starts: the data's files and rows
+    # and the reward functions' files (the config already is).
+    rows = read_datasets(cfg.data)
+    sources = read_sources(cfg.reward.functions, Path.cwd())
 
-    connect_ray(cfg)  # after the data is read: a bad row is reported before Ray starts
+    connect_ray(cfg)
     run_id = run_dir.name
     placement = reserve(cfg, run_id)  # checks the cluster first: fails before any actor starts
-    pools = start_together(  # vLLM, the reward sandboxes and DeepSpeed start side by side
+    starting = Starting(  # vLLM, the reward sandboxes and DeepSpeed start side by side
         rollout=lambda: RolloutPool(cfg, model_path, run_id, placement, resolve_transport(cfg)),
         rewards=lambda: RewardPool(
             cfg.reward,
@@ -88,9 +89,20 @@ def train(cfg: Config) -> Path:
             run_id=run_id,
             resources=cfg.cluster.reward_resources,
             run_dir=run_dir,
+            sources=sources,
         ),
         learner=lambda: LearnerRanks(cfg, model_path, run_id, placement),
     )
+
+    tokenizer, (train_prompts, eval_prompts), conversations = starting.meanwhile(
+        lambda: tokenize(cfg, model_path, rows, tools, run_dir)
+    )
+    pools = starting.result()
+    if cfg.data.epochs:
+        t.steps = steps_for_epochs(cfg, len(train_prompts))
+    if not resume_from:  # the config this run uses, trainer.steps from data.epochs included
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    stream = PromptStream(train_prompts, t.seed, cfg.data.shuffle)
     rollout, rewards, learner = pools["rollout"], pools["rewards"], pools["learner"]
     rollout.conversations = conversations  # None: single-turn groups
     start_python_tool(cfg)  # the `python` tool's sandboxed executor, when it is used
@@ -161,6 +173,17 @@ def train(cfg: Config) -> Path:
         pool.shutdown()
     print(f"done: metrics in {run_dir / 'metrics.jsonl'}", flush=True)
     return run_dir
+
+
+def tokenize(cfg: Config, model_path: str, sources: list[SourceRows], tools, run_dir=None):
+    """The tokenizer, the prompts of each of `sources` (`read_datasets`' rows) and the multi-turn
+    conversations factory: the driver's longest start-up work (importing transformers, the chat
+    template on every prompt), which it does while the actors start."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = tokenize_datasets(sources, cfg.data, tokenizer, run_dir, tools)
+    return tokenizer, prompts, conversations_factory(cfg, model_path, tokenizer, Path.cwd())
 
 
 def weight_check(rollout: RolloutPool) -> dict:

@@ -62,25 +62,23 @@ def evaluate_model(
     """Greedy accuracy, pass@1 and pass@k over the eval set through the rollout and reward
     pools (Ray: local, or the cluster of `RAY_ADDRESS`); failed reward calls are logged in
     `out_dir`."""
-    from transformers import AutoTokenizer
-
-    from cluster.data import load_prompts
+    from cluster.data import read_source
+    from cluster.driver import tokenize
     from cluster.health import Health
-    from cluster.multi_turn import conversations_factory, start_python_tool
+    from cluster.multi_turn import start_python_tool
     from cluster.ray_setup import connect_ray
-    from core.pools import start_together
+    from core.pools import Starting
     from environments.loading import tool_schemas
+    from reward.functions import read_sources
     from reward.pool import RewardPool
     from rollout.pool import RolloutPool
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
     tools = tool_schemas(cfg.rollout.environment, Path.cwd())
-    prompts = load_prompts("eval", cfg.data.eval, cfg.data, tokenizer, tools=tools)
-    conversations = conversations_factory(cfg, model, tokenizer, Path.cwd())
-    prompts = prompts[:limit] if limit else prompts
+    rows = read_source("eval", cfg.data.eval, cfg.data)  # bad rows and files: before Ray starts
+    sources = read_sources(cfg.reward.functions, Path.cwd())
     connect_ray(cfg)
     t0 = time.perf_counter()
-    pools = start_together(
+    starting = Starting(
         rollout=lambda: RolloutPool(cfg, model, run_id="eval"),
         rewards=lambda: RewardPool(
             cfg.reward,
@@ -88,8 +86,12 @@ def evaluate_model(
             num_cpus=cfg.cluster.reward_cpus,
             run_id="eval",
             run_dir=out_dir,
+            sources=sources,
         ),
     )
+    _, (prompts,), conversations = starting.meanwhile(lambda: tokenize(cfg, model, [rows], tools))
+    prompts = prompts[:limit] if limit else prompts
+    pools = starting.result()
     rollout, rewards = pools["rollout"], pools["rewards"]
     rollout.conversations = conversations
     start_python_tool(cfg)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from core.errors import ActorDied, ActorFault, DeadlineMissed
 
@@ -81,24 +83,65 @@ def get_within(refs: list, timeout_s: float, who: str, phase: str, wait=None, ge
     return get(refs)
 
 
-def start_together(**factories):
-    """Call every factory (each builds a pool of actors and waits until they are ready) in its
-    own thread, and return their results by name.
+class Starting:
+    """Pools of actors starting side by side, each factory (which builds a pool and waits until
+    it is ready) in its own thread, while the caller goes on with other work (`meanwhile`).
 
     The pools' start-up is mostly separate processes importing vLLM or DeepSpeed and loading
-    weights, so starting them together costs about the slowest one, not the sum. If any
-    factory fails, the pools that did start are shut down and the first error (in argument
-    order) is raised.
+    weights, so starting them together costs about the slowest one, not the sum. When a factory
+    fails, or the caller's own work does, the error is raised at once rather than after vLLM
+    has loaded: the pools already started are shut down, and those still starting are shut down
+    when they are ready (a process that exits first takes them with it: Ray ends a driver's
+    actors). The threads are daemons, so such an exit does not wait for them.
     """
-    from concurrent.futures import ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(len(factories), thread_name_prefix="start") as pool:
-        futures = {name: pool.submit(factory) for name, factory in factories.items()}
-        wait(futures.values())
-    errors = [f.exception() for f in futures.values() if f.exception() is not None]
-    if errors:
-        for f in futures.values():
-            if f.exception() is None:
-                f.result().shutdown()
-        raise errors[0]
-    return {name: f.result() for name, f in futures.items()}
+    def __init__(self, **factories: Callable[[], Any]):
+        import threading
+        from concurrent.futures import Future
+
+        self.futures: dict[str, Future] = {name: Future() for name in factories}
+        for name, factory in factories.items():
+            run = functools.partial(_resolve, self.futures[name], factory)
+            threading.Thread(target=run, name=f"start-{name}", daemon=True).start()
+
+    def meanwhile(self, work: Callable[[], T]) -> T:
+        """`work()`, run in the calling thread while the pools start; if it fails, `cancel`."""
+        try:
+            return work()
+        except BaseException:
+            self.cancel()
+            raise
+
+    def result(self) -> dict[str, Any]:
+        """The started pools by name, once all are ready; the first failure (in argument order
+        among those failed so far) as soon as one fails."""
+        from concurrent.futures import FIRST_EXCEPTION, wait
+
+        done, _ = wait(self.futures.values(), return_when=FIRST_EXCEPTION)
+        failed = [f for f in self.futures.values() if f in done and f.exception() is not None]
+        if failed:
+            self.cancel()
+            raise failed[0].exception()
+        return {name: f.result() for name, f in self.futures.items()}
+
+    def cancel(self) -> None:
+        """Shut down every pool that has started or will have."""
+        for future in self.futures.values():
+            future.add_done_callback(_shut_down)
+
+
+def _resolve(future, factory: Callable[[], Any]) -> None:
+    try:
+        future.set_result(factory())
+    except BaseException as e:  # the caller gets it from the future
+        future.set_exception(e)
+
+
+def _shut_down(future) -> None:
+    if future.exception() is None:
+        future.result().shutdown()
+
+
+def start_together(**factories: Callable[[], Any]) -> dict[str, Any]:
+    """Start the pools side by side (`Starting`) and return them by name once all are ready."""
+    return Starting(**factories).result()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RewardFunctionConfig, from_dict
+from core.errors import ConfigError
 from core.records import Group
 from reward.functions import load_reward_functions
 from reward.isolation import Policy
@@ -49,13 +50,20 @@ class RewardActor:
             from_dict(RewardFunctionConfig, d, prefix=f"reward.functions[{i}].")
             for i, d in enumerate(function_configs)
         ]
-        self.functions = load_reward_functions(cfgs, Path(base_dir), sources)
+        self.config_error: ConfigError | None = None
+        self.sandboxes: list[Sandbox] = []
+        try:
+            self.functions = load_reward_functions(cfgs, Path(base_dir), sources)
+        except ConfigError as e:
+            # Raised by `function_names`, the pool's readiness check: an error raised by a method
+            # reaches the driver as itself, one raised here only as Ray's text.
+            self.config_error = e
+            return
         self.on_failure = on_failure
         self.failure_score = failure_score
         options = dict(sandbox or {})
         workers, timeout_s = options.pop("workers", 2), options.pop("timeout_s", 30.0)
         isolation = options.pop("isolation", "strict")
-        self.sandboxes: list[Sandbox] = []
         self.route: list[tuple[int, int]] = [(0, 0)] * len(cfgs)
         """Function index -> (sandbox, index of the function in that sandbox)."""
         groups: dict[tuple, list[int]] = {}
@@ -92,7 +100,10 @@ class RewardActor:
         }
 
     def function_names(self) -> list[str]:
-        """Names of the loaded functions, in config order (also a readiness check)."""
+        """Names of the loaded functions, in config order (also a readiness check, which raises
+        the `ConfigError` of a function that could not be loaded)."""
+        if self.config_error is not None:
+            raise self.config_error
         return [f.name for f in self.functions]
 
     def score(self, groups: list[Group]) -> list[list[Score]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 
 from core.config import RewardConfig
-from core.errors import RunStopped
+from core.errors import ConfigError, RunStopped
 from core.pools import replace_dead, split_contiguous
 from core.records import Group
 from reward.actor import RewardActor
@@ -44,9 +44,11 @@ class RewardPool:
         run_id: str = "",
         resources: dict[str, float] | None = None,
         run_dir: str | Path | None = None,
+        sources: dict[str, str] | None = None,
     ):
         """`resources`: extra Ray resources per actor (`cluster.reward_resources`); `run_dir`:
-        where the failures log goes (None: no log)."""
+        where the failures log goes (None: no log); `sources`: the user files as
+        `read_sources(cfg.functions, base_dir)` gave them (read here when None)."""
         self.cfg = cfg
         self.failures_log = Path(run_dir) / FAILURES_LOG if run_dir else None
         self.calls = 0
@@ -60,8 +62,9 @@ class RewardPool:
         }
         self.prefix = f"{run_id}-" if run_id else ""
         self.actor_class = ray.remote(num_cpus=num_cpus, resources=resources or {})(RewardActor)
-        # User files are read here, once: restarted actors and workers get these same bytes.
-        sources = read_sources(cfg.functions, Path(base_dir))
+        # User files are read once: restarted actors and workers get these same bytes.
+        if sources is None:
+            sources = read_sources(cfg.functions, Path(base_dir))
         if run_dir:
             (Path(run_dir) / SOURCES_FILE).write_text(json.dumps(source_hashes(sources), indent=1))
         self.args = (
@@ -77,8 +80,10 @@ class RewardPool:
         try:
             names = ray.get([actor.function_names.remote() for actor in self.actors])
             self.isolation = ray.get(self.actors[0].isolation_layers.remote())
-        except Exception:
+        except Exception as e:
             self.shutdown()
+            if isinstance(getattr(e, "cause", None), ConfigError):  # Ray's task error around it
+                raise e.cause from None  # the config key and the fix, without Ray's traceback
             raise
         self.function_names: list[str] = names[0]
 

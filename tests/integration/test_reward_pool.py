@@ -1,7 +1,6 @@
-"""RewardPool on a real local Ray: groups split over two actors come back in order."""
+"""RewardPool on the suite's Ray: groups split over two actors come back in order."""
 
 import pytest
-import ray
 
 from core.config import ConfigError, RewardConfig, RewardFunctionConfig
 from core.records import Group, Prompt, Sample
@@ -16,22 +15,27 @@ def group(answer: str, texts: list[str]) -> Group:
     return Group(prompt, samples)
 
 
-def test_pool_scores_groups_in_order():
-    ray.init(num_cpus=2, include_dashboard=False)
+def test_pool_scores_groups_in_order(ray_local, tmp_path):
+    cfg = RewardConfig(
+        functions=[RewardFunctionConfig(name="math_answer", weight=2.0)], num_actors=2
+    )
+    pool = RewardPool(cfg, base_dir=".", num_cpus=0.5, run_id="test")
     try:
-        cfg = RewardConfig(
-            functions=[RewardFunctionConfig(name="math_answer", weight=2.0)], num_actors=2
-        )
-        pool = RewardPool(cfg, base_dir=".", num_cpus=0.5, run_id="test")
         assert pool.function_names == ["math_answer"]
         groups = [group("1", ["1", "2"]), group("2", ["2", "\\boxed{2}", "x"]), group("3", ["0"])]
         scores = pool.score(groups)  # actor 0 gets the first two groups, actor 1 the third
         assert [[s.reward for s in g] for g in scores] == [[2.0, 0.0], [2.0, 2.0, 0.0], [0.0]]
-        pool.shutdown()
-        # A bad entry fails in the pool's constructor, before any actor starts (the user files
-        # are read there, once), with the config key and the path tried.
-        bad = RewardConfig(functions=[RewardFunctionConfig(fn="missing.py:f")])
-        with pytest.raises(ConfigError, match=r"reward.functions\[0\].fn.*/nowhere/missing.py"):
-            RewardPool(bad, base_dir="/nowhere", num_cpus=0.5, run_id="bad")
     finally:
-        ray.shutdown()
+        pool.shutdown()
+    # A bad entry fails in the pool's constructor, before any actor starts (the user files are
+    # read there, once), with the config key and the path tried.
+    bad = RewardConfig(functions=[RewardFunctionConfig(fn="missing.py:f")])
+    with pytest.raises(ConfigError, match=r"reward.functions\[0\].fn.*/nowhere/missing.py"):
+        RewardPool(bad, base_dir="/nowhere", num_cpus=0.5, run_id="bad")
+    # A function the file does not define is found in the actor; the pool raises that
+    # ConfigError itself (the CLI's "config error", exit 2), not Ray's error around it.
+    (tmp_path / "r.py").write_text("def other(completion, **_):\n    return 1.0\n")
+    missing = RewardConfig(functions=[RewardFunctionConfig(fn=f"{tmp_path}/r.py:missing")])
+    with pytest.raises(ConfigError, match="defines no `missing`; its callables: other") as error:
+        RewardPool(missing, base_dir=tmp_path, num_cpus=0.5, run_id="missing")
+    assert type(error.value) is ConfigError

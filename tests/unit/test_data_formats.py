@@ -307,18 +307,30 @@ def test_saved_config_has_the_steps_that_epochs_set(tmp_path, tiny_model, monkey
     """The run's config.yaml is the config the run uses: trainer.steps as data.epochs set it."""
     from cluster import driver
 
-    class Placing(Exception):
+    class Stop(Exception):
         pass
 
+    class NoActors:  # `Starting` without actors: the driver's own work runs, no pool starts
+        def __init__(self, **factories):
+            pass
+
+        def meanwhile(self, work):
+            return work()
+
+        def result(self):
+            return {}
+
     def stop(*args, **kwargs):
-        raise Placing  # the datasets are loaded and the config saved; no actor starts
+        raise Stop  # the datasets are loaded and the config saved
 
     monkeypatch.setattr(driver, "connect_ray", lambda cfg: None)
     monkeypatch.setattr(driver, "resolve_model", lambda path: tiny_model)
-    monkeypatch.setattr(driver, "reserve", stop)
+    monkeypatch.setattr(driver, "reserve", lambda cfg, run_id: None)
+    monkeypatch.setattr(driver, "Starting", NoActors)
+    monkeypatch.setattr(driver, "PromptStream", stop)
     cfg = load_config("configs/smoke.yaml", ["data.epochs=2", f"trainer.output_dir={tmp_path}"])
     assert cfg.trainer.steps == 6
-    with pytest.raises(Placing):
+    with pytest.raises(Stop):
         driver.train(cfg)
     (run_dir,) = tmp_path.iterdir()
     saved = load_config(run_dir / "config.yaml")

@@ -158,10 +158,13 @@ def test_batched_function_gets_a_group_and_fails_per_element(tmp_path):
     assert scores[0][1].errors == {"per_group": "ValueError: empty"} and not scores[0][1].excluded
 
 
-def test_bad_function_file_fails_at_start(tmp_path):
+def test_bad_function_file_fails_at_the_readiness_check(tmp_path):
+    """The pool's first call (`function_names`) raises the load error: raised by a method, it
+    reaches the driver as a ConfigError; raised by `__init__`, Ray would pass on only its text."""
     (tmp_path / "broken.py").write_text("def f(:\n")
+    actor = RewardActor([{"fn": "broken.py:f"}], "exclude", 0.0, str(tmp_path))
     with pytest.raises(ConfigError, match=r"reward.functions\[0\].fn.*SyntaxError"):
-        RewardActor([{"fn": "broken.py:f"}], "exclude", 0.0, str(tmp_path))
+        actor.function_names()
 
 
 def _live_processes_in(groups: set[int]) -> list[int]:
