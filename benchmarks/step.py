@@ -4,6 +4,7 @@ Workload: the demo model (SmolLM2-135M-Instruct, bf16 engine, float32 learner), 
 G=8 samples per step, up to 64 new tokens, micro-batches of 16, no KL, one update per batch.
 
     python benchmarks/step.py --mode sync|one_step_off --placement split|shared [--steps 5]
+        [--cpu-shares]
 
 `split` pins the vLLM engine to core 0 and the learner to core 1 (disaggregated, as samplers
 and learners own separate GPUs on a cluster); `shared` lets both phases use every core.
@@ -27,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks import cpu_shares as cpu_shares_module  # noqa: E402
 
 WORKLOAD = [
     "rollout.prompts_per_step=8",
@@ -54,9 +57,11 @@ def cohort_overrides(mode: str, placement: str, steps: int) -> list[str]:
     return [*WORKLOAD, *PLACEMENTS[placement], f"trainer.mode={mode}", f"trainer.steps={steps}"]
 
 
-def run_cohort(overrides: list[str]) -> tuple[list[dict], dict]:
-    """`cohort train configs/demo.yaml ...`; returns the metrics rows of the training steps and
-    the learner's peak (`learner_peak.json`)."""
+def run_cohort(overrides: list[str], cpu_shares: bool = False) -> tuple[list[dict], dict, dict]:
+    """`cohort train configs/demo.yaml ...`; returns the metrics rows of the training steps,
+    the learner's peak (`learner_peak.json`) and, with `cpu_shares`, each role's share of the
+    cores while the learner trains and while the engine generates (`benchmarks/cpu_shares.py`;
+    otherwise {})."""
     with tempfile.TemporaryDirectory() as out:
         args = [
             sys.executable,
@@ -67,17 +72,26 @@ def run_cohort(overrides: list[str]) -> tuple[list[dict], dict]:
             *overrides,
             f"trainer.output_dir={out}",
         ]
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             args, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        step_lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+        sampler = cpu_shares_module.Sampler(proc.pid) if cpu_shares else None
+        stdout, _ = proc.communicate()
+        seconds = sampler.stop() if sampler else []
+        step_lines = [line for line in stdout.splitlines() if line.startswith("step ")]
         print("\n".join(step_lines), flush=True)
         if proc.returncode != 0:
-            sys.exit(f"cohort train failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+            sys.exit(f"cohort train failed (exit {proc.returncode}):\n{stdout[-4000:]}")
         (run_dir,) = Path(out).iterdir()
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         peak = json.loads((run_dir / "learner_peak.json").read_text())
-    return [r for r in rows if r["step"] >= 1], peak
+    shares = {}
+    if cpu_shares:  # a phase is the seconds in which its actor used most of a core or more
+        shares = {
+            "train": cpu_shares_module.phase_shares(seconds, "ray::LearnerActor", 100.0),
+            "generate": cpu_shares_module.phase_shares(seconds, "ray::RolloutActor", 80.0),
+        }
+    return [r for r in rows if r["step"] >= 1], peak, shares
 
 
 def step_prompts(overrides: list[str], steps: int) -> list[list[list[int]]]:
@@ -281,6 +295,13 @@ def main() -> None:
         default="",
         help="JSON file to keep and reuse the raw engines' timings across modes",
     )
+    parser.add_argument(
+        "--cpu-shares",
+        action="store_true",
+        help="also sample every process's CPU once a second during the run and print each "
+        "role's share of the cores while the learner trains and while the engine generates "
+        "(costs about 1%% of a core)",
+    )
     parser.add_argument("--internal", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 2 + (args.mode == "one_step_off"):
@@ -300,7 +321,7 @@ def main() -> None:
         f"{args.steps} steps (step 1 is warm-up)",
         flush=True,
     )
-    rows, peak = run_cohort(overrides)
+    rows, peak, shares = run_cohort(overrides, args.cpu_shares)
     rows = rows[1:]
     if args.mode == "one_step_off":
         # The last step has no next batch to generate: it is train + push only, which would
@@ -392,6 +413,10 @@ def main() -> None:
         f"{result['learner_tokens_per_s']:.0f} tokens/s trained, "
         f"{result['generate_tokens_per_s']:.0f} tokens/s generated"
     )
+    for phase_name, share in shares.items():
+        top = ", ".join(f"{k} {v:.1f}%" for k, v in list(share["percent"].items())[:10])
+        print(f"cores while {phase_name} ({share['samples']} s, % of one core): {top}")
+    result["cpu_shares"] = shares
     print(json.dumps(result))
 
 
