@@ -175,7 +175,13 @@ def train(cfg: Config) -> Path:
     return run_dir
 
 
-def tokenize(cfg: Config, model_path: str, sources: list[SourceRows], tools, run_dir=None):
+def tokenize(
+    cfg: Config,
+    model_path: str,
+    sources: list[SourceRows],
+    tools: list[dict] | None,
+    run_dir: Path | None = None,
+):
     """The tokenizer, the prompts of each of `sources` (`read_datasets`' rows) and the multi-turn
     conversations factory: the driver's longest start-up work (importing transformers, the chat
     template on every prompt), which it does while the actors start."""

@@ -3,6 +3,7 @@ the shares over one phase's seconds; and one real sample of a busy process."""
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,10 +57,13 @@ def test_a_busy_process_is_seen_using_a_core():
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         sampler = Sampler(driver_pid=busy.pid, interval_s=0.5)
-        while len(sampler.seconds) < 4:
-            sampler._stop.wait(0.1)
+        deadline = time.monotonic() + 30
+        while len(sampler.seconds) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
         seconds = sampler.stop()
     finally:
         busy.kill()
+        busy.wait()
+    assert len(seconds) >= 4, seconds
     # Two cores: the spinning driver gets most of one in every interval after the first.
     assert all(s.get("driver", 0.0) > 50.0 for s in seconds[1:]), seconds
