@@ -337,9 +337,17 @@ def main() -> None:
     step_s, train_s, push_s = phase("time/step"), phase("time/train"), phase("time/push")
     waited = phase("time/generate_wait")
     raw_tokens = mean([sum(len(c) for _, c in b) for b in vllm["batches"][1:]])
-    # The raw engines doing the same work: one after the other in sync mode, side by side
-    # (the slower one sets the pace) when generation overlaps training.
-    raw_step = raw_gen + raw_train if args.mode == "sync" else max(raw_gen, raw_train)
+    raw_real_tokens = mean([sum(len(p) + len(c) for p, c in b) for b in vllm["batches"][1:]])
+    # The raw engines one after the other in sync mode, side by side (the slower one sets the
+    # pace) when generation overlaps training.
+    pace = (lambda gen, train: gen + train) if args.mode == "sync" else max
+    raw_step = pace(raw_gen, raw_train)
+    # Sampling makes the run and the raw engine generate different amounts (the run's policy
+    # changes after each update, the raw engine's does not): the raw engines' seconds per
+    # generated token and per trained token, times the run's tokens, are the same work.
+    gen_scale = phase("rollout/tokens") / raw_tokens
+    train_scale = phase("train/real_tokens") / raw_real_tokens
+    raw_step_same_work = pace(raw_gen * gen_scale, raw_train * train_scale)
     result = {
         "step_s": step_s,
         "generate_s": phase("time/generate"),
@@ -350,6 +358,8 @@ def main() -> None:
         "generate_wait_s": waited,
         "driver_s": step_s - waited - train_s - push_s,
         "overhead_frac": (step_s - raw_step) / step_s,
+        "raw_step_same_work_s": raw_step_same_work,
+        "overhead_same_work_frac": (step_s - raw_step_same_work) / step_s,
         "push_frac": push_s / step_s,
         "tokens_per_s": phase("rollout/tokens") / step_s,
         "generated_tokens": phase("rollout/tokens"),
@@ -366,9 +376,13 @@ def main() -> None:
         "gen_vs_raw_vllm_per_token": (phase("time/generate") / phase("rollout/tokens"))
         / (raw_gen / raw_tokens),
         "train_vs_raw_deepspeed": train_s / raw_train,
+        "raw_real_tokens": raw_real_tokens,
+        "train_vs_raw_deepspeed_per_token": train_s / (raw_train * train_scale),
         # The same step with the learner's log-prob/entropy function: orchestration alone.
         "raw_deepspeed_same_math_train_s": same_math_train,
-        "train_vs_raw_same_math": train_s / same_math_train if same_math_train else None,
+        "train_vs_raw_same_math": (
+            train_s / (same_math_train * train_scale) if same_math_train else None
+        ),
         "steps_per_hour": 3600 / step_s,
         "mode": args.mode,
         "placement": args.placement,
@@ -394,7 +408,7 @@ def main() -> None:
     if result["train_vs_raw_same_math"]:
         print(
             "train vs raw DeepSpeed with the learner's log-prob/entropy function "
-            f"{result['train_vs_raw_same_math']:.2f}x"
+            f"{result['train_vs_raw_same_math']:.2f}x per trained token"
         )
     print(
         f"generated tokens/step {result['generated_tokens']:.0f} (raw vLLM {raw_tokens:.0f}), "
@@ -403,9 +417,15 @@ def main() -> None:
     print(
         f"generate vs raw vLLM {result['gen_vs_raw_vllm']:.2f}x (per token "
         f"{result['gen_vs_raw_vllm_per_token']:.2f}x), train vs raw DeepSpeed "
-        f"{result['train_vs_raw_deepspeed']:.2f}x, orchestration overhead "
-        f"{100 * result['overhead_frac']:.1f}% of the step, push {100 * result['push_frac']:.1f}%"
-        f", {result['steps_per_hour']:.0f} steps/hour"
+        f"{result['train_vs_raw_deepspeed']:.2f}x (per token "
+        f"{result['train_vs_raw_deepspeed_per_token']:.2f}x), push "
+        f"{100 * result['push_frac']:.1f}%, {result['steps_per_hour']:.0f} steps/hour"
+    )
+    print(
+        f"orchestration overhead {100 * result['overhead_same_work_frac']:.1f}% of the step "
+        f"against the raw engines doing the run's work (per-token scaled, "
+        f"{result['raw_step_same_work_s']:.1f} s); {100 * result['overhead_frac']:.1f}% against "
+        f"their own samples ({raw_step:.1f} s)"
     )
     print(
         f"learner MFU {100 * result['mfu']:.1f}% of its peak "

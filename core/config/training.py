@@ -112,13 +112,16 @@ class LearnerConfig:
     positions: flash-attention varlen on GPU, a block-diagonal mask with sdpa), so no padding
     is computed; with `micro_batch_tokens` the budget counts real tokens. Loss and gradient
     equal the padded layout's. See docs/speed.md for when it is faster on a CPU."""
-    logprob_chunk_tokens: int = 256
+    logprob_chunk_tokens: int = 1024
     """Token log-probabilities and entropies are computed from the last hidden state through
-    the output head this many positions at a time (checkpointed, `learner/head.py`), so the
-    [B, C, V] logits never exist at once: at 4k tokens per sequence SmolLM2's peak learner
-    memory halves for 2% more time (benchmarks/logprob_memory.py). For model types whose
-    logits are plainly head(hidden) (llama, qwen2/3, mistral, olmo, smollm3); others use full
-    logits. 0 = full logits always."""
+    the output head this many positions at a time (`learner/head.py`), so the [B, C, V] logits
+    never exist at once. A micro-batch with more completion positions is split into
+    checkpointed chunks, each remade in backward: at 4k tokens per sequence SmolLM2's peak
+    learner memory falls by a third to a half for about 2% more time; one with no more runs
+    in one pass, as fast as full logits (on the demo's short micro-batches the recomputation
+    would cost about 7% of the train phase; docs/speed.md). For model types whose logits are
+    plainly head(hidden) (llama, qwen2/3, mistral, olmo, smollm3); others use full logits.
+    0 = full logits always."""
     num_threads: int = 0
     """torch CPU threads per learner rank (0 = the machine's cores / world size, or the number of
     `cpu_cores` when set)."""
