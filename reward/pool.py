@@ -28,6 +28,9 @@ from reward.scoring import Score
 SOURCES_FILE = "reward_sources.json"
 """File in the run directory with the SHA-256 of each user reward file as the run read it."""
 
+CLOSE_WAIT_S = 2.0
+"""How long `shutdown` waits for the actors to close their sandboxes before killing them."""
+
 
 class RewardFailureRateExceeded(RunStopped):
     """A reward function failed on too many samples of one scoring call."""
@@ -134,7 +137,13 @@ class RewardPool:
         return [scores for chunk_scores in ray.get(futures) for scores in chunk_scores]
 
     def shutdown(self) -> None:
-        """Kill the actors; the pool cannot score afterwards."""
+        """Close the actors' sandboxes (their workers' temp dirs go with them), waiting at most
+        `CLOSE_WAIT_S` for a busy actor, then kill the actors; the pool cannot score
+        afterwards. An actor killed busy leaves its dirs to the next sandbox on the node
+        (`core/scratch.py`)."""
+        closing = [actor.close.remote() for actor in self.actors]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from multiprocessing.connection import wait
 
+from core.scratch import owned_temp_dir
 from reward.isolation import Policy
 from reward.scoring import Outcome
 from reward.worker import (
@@ -162,7 +163,8 @@ class Sandbox:
     def _start(self) -> _Worker:
         _forkserver_without_secrets()
         parent, child = self.ctx.Pipe()
-        scratch = tempfile.mkdtemp(prefix="cohort-reward-")
+        # Kept if this actor is killed, until the next sandbox on the node starts.
+        scratch = owned_temp_dir("cohort-reward-")
         process = self.ctx.Process(
             target=worker_main, args=(child, *self.args, scratch), daemon=True
         )

@@ -28,13 +28,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
 from core.config import Config, parse_cores
 from core.config.training import VLLM_LORA_RANKS
 from core.records import EngineReport, Group, GroupRequest, Sample
+from core.scratch import owned_temp_dir
 
 
 def engine_env(cfg: Config, engine_index: int = 0) -> dict[str, str]:
@@ -183,8 +183,8 @@ class RolloutActor:
         self.request_ids = itertools.count()
         self.adapter = None
         """`learner.lora.push=adapter`: the LoRARequest of the latest adapter (None: the base)."""
-        self.adapter_dir = tempfile.mkdtemp(prefix=f"cohort-adapters-{engine_index}-")
-        atexit.register(shutil.rmtree, self.adapter_dir, ignore_errors=True)
+        self.adapter_dir = ""
+        """Where pushed adapters are written, made with the first (`core/scratch.py`)."""
         self.adapter_ids = itertools.count(1)
 
     def run(
@@ -280,6 +280,9 @@ class RolloutActor:
         time.sleep(hang_s)  # fault injection (hang_in_next_load)
         # A new id for every load (a healing push repeats a version); vLLM's ids start at 1.
         lora_id = next(self.adapter_ids)
+        if not self.adapter_dir:
+            self.adapter_dir = owned_temp_dir("cohort-adapters-")
+            atexit.register(shutil.rmtree, self.adapter_dir, ignore_errors=True)
         folder = os.path.join(self.adapter_dir, str(lora_id))
         os.makedirs(folder)
         save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))

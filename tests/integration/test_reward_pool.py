@@ -1,5 +1,8 @@
 """RewardPool on the suite's Ray: groups split over two actors come back in order."""
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from core.config import ConfigError, RewardConfig, RewardFunctionConfig
@@ -15,18 +18,29 @@ def group(answer: str, texts: list[str]) -> Group:
     return Group(prompt, samples)
 
 
+def scratch_dirs() -> set[Path]:
+    """The reward sandboxes' worker temp dirs on this node (the suite's Ray shares its TMPDIR)."""
+    return set(Path(tempfile.gettempdir()).glob("cohort-reward-*"))
+
+
 def test_pool_scores_groups_in_order(ray_local, tmp_path):
     cfg = RewardConfig(
         functions=[RewardFunctionConfig(name="math_answer", weight=2.0)], num_actors=2
     )
+    before = scratch_dirs()
     pool = RewardPool(cfg, base_dir=".", num_cpus=0.5, run_id="test")
     try:
         assert pool.function_names == ["math_answer"]
         groups = [group("1", ["1", "2"]), group("2", ["2", "\\boxed{2}", "x"]), group("3", ["0"])]
         scores = pool.score(groups)  # actor 0 gets the first two groups, actor 1 the third
         assert [[s.reward for s in g] for g in scores] == [[2.0, 0.0], [2.0, 2.0, 0.0], [0.0]]
+        made = scratch_dirs() - before
+        assert len(made) >= 2, made  # each actor's sandbox has at least one worker
     finally:
         pool.shutdown()
+    # Ray ends actors with a kill, which runs no exit handler: the pool closes the sandboxes
+    # first, so their workers' temp dirs do not outlive the run.
+    assert not made & scratch_dirs()
     # A bad entry fails in the pool's constructor, before any actor starts (the user files are
     # read there, once), with the config key and the path tried.
     bad = RewardConfig(functions=[RewardFunctionConfig(fn="missing.py:f")])
