@@ -36,7 +36,7 @@ from cluster.multi_turn import (
     start_python_tool,
 )
 from cluster.overlap import BatchSource
-from cluster.placement import report, reserve
+from cluster.placement import contention_note, report, reserve
 from cluster.ray_setup import connect_ray
 from cluster.transport import make_transport, resolve_transport
 from core import faults
@@ -69,6 +69,8 @@ def train(cfg: Config) -> Path:
     resume_from = find_resume_point(Path(t.output_dir), t.resume)
     run_dir = resume_from.parent.parent if resume_from else create_run_dir(cfg)
     print(f"run directory: {run_dir}", flush=True)
+    if note := contention_note(cfg):
+        print(note, flush=True)
     model_path = resolve_model(cfg.model.path)
 
     tools = tool_schemas(cfg.rollout.environment, Path.cwd())  # multi-turn: shown in prompts

@@ -65,6 +65,20 @@ def demands(cfg: Config) -> list[tuple[str, dict[str, float]]]:
     return out
 
 
+def contention_note(cfg: Config) -> str | None:
+    """A line for the run's log when one_step_off overlaps the engine and the learner on the
+    same CPU cores (the learner, or the engine, not pinned), else None."""
+    pinned = cfg.learner.cpu_cores and cfg.rollout.omp_threads_bind != "auto"
+    if cfg.trainer.mode != "one_step_off" or cfg.cluster.use_gpu or pinned:
+        return None
+    return (
+        "note: trainer.mode=one_step_off with the engine and the learner on the same CPU cores: "
+        "the two phases contend, and a step can take longer than in sync mode (the demo on two "
+        "cores: 123 s against 86 s); give each its own cores with rollout.omp_threads_bind and "
+        "learner.cpu_cores, or use sync (docs/speed.md)"
+    )
+
+
 def check_resources(cfg: Config, nodes: list[dict[str, float]] | None = None) -> None:
     """Raise `PlacementError` naming what is short when the cluster's alive nodes (or `nodes`,
     each a resources dict) cannot hold the config."""

@@ -48,7 +48,9 @@ class TrainerConfig:
     `rollout/staleness_mean`); needs `algorithm.sampler_correction` to correct for it.
     Reproducible with a fixed seed like sync mode. `async` (generation further ahead) is not
     built: with weights changed only between batches, more lookahead cannot shorten a step
-    below max(generate, train), which one_step_off already reaches; it only adds staleness."""
+    below max(generate, train), which one_step_off already reaches; it only adds staleness.
+    On CPUs, give the engine and the learner cores of their own (`rollout.omp_threads_bind`,
+    `learner.cpu_cores`): overlapped on the same cores they contend (the run prints a note)."""
     samples_every: int = 5
     """Write sample completions with their rewards to `samples.jsonl` every N steps (0 = never)."""
 

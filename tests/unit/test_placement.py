@@ -2,7 +2,7 @@
 
 import pytest
 
-from cluster.placement import PlacementError, check_resources, demands
+from cluster.placement import PlacementError, check_resources, contention_note, demands
 from core.config import load_config
 
 
@@ -64,3 +64,14 @@ def test_gpu_only_settings_are_refused_with_the_key(overrides, key):
 
     with pytest.raises(ConfigError, match=key):
         cfg(*overrides)
+
+
+def test_one_step_off_on_shared_cpu_cores_gets_a_note_naming_the_settings():
+    off = ["trainer.mode=one_step_off", "algorithm.sampler_correction=token_truncate"]
+    note = contention_note(cfg(*off))
+    assert note and "rollout.omp_threads_bind" in note and "learner.cpu_cores" in note
+    # Half pinned still overlaps: the unpinned phase floats onto the other's cores.
+    assert contention_note(cfg(*off, "learner.cpu_cores=1"))
+    assert contention_note(cfg(*off, "rollout.omp_threads_bind=0"))
+    assert contention_note(cfg(*off, "learner.cpu_cores=1", "rollout.omp_threads_bind=0")) is None
+    assert contention_note(cfg()) is None  # sync: the phases take turns
