@@ -339,8 +339,10 @@ def main() -> None:
     raw_tokens = mean([sum(len(c) for _, c in b) for b in vllm["batches"][1:]])
     raw_real_tokens = mean([sum(len(p) + len(c) for p, c in b) for b in vllm["batches"][1:]])
     # The raw engines one after the other in sync mode, side by side (the slower one sets the
-    # pace) when generation overlaps training.
-    pace = (lambda gen, train: gen + train) if args.mode == "sync" else max
+    # pace) when generation overlaps training on cores of its own. Each raw engine was timed
+    # with every core of its placement, so on shared cores overlapping cannot beat their sum.
+    serial = args.mode == "sync" or args.placement == "shared"
+    pace = (lambda gen, train: gen + train) if serial else max
     raw_step = pace(raw_gen, raw_train)
     # Sampling makes the run and the raw engine generate different amounts (the run's policy
     # changes after each update, the raw engine's does not): the raw engines' seconds per
