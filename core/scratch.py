@@ -4,7 +4,7 @@ Ray ends actors with `ray.kill` (and a killed run's actors die with it), so no e
 theirs runs: a reward sandbox's per-worker scratch dir, with whatever the reward code wrote
 there, and an engine's adapter dir would stay in the temp dir for good, one more per actor and
 run. Each such dir is named after the process that owns it (`<prefix><pid>-<random>`), and
-making one first removes the dirs of that prefix whose owner process is gone."""
+a new owner, once as it starts, removes the dirs of its prefix whose owner process is gone."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import tempfile
 
 
 def owned_temp_dir(prefix: str) -> str:
-    """A new private dir `<temp dir>/<prefix><this pid>-<random>`, after removing this user's
-    `<prefix><pid>-*` dirs whose process no longer exists (`remove_orphans`)."""
-    remove_orphans(prefix)
+    """A new private dir `<temp dir>/<prefix><this pid>-<random>`."""
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
 
 

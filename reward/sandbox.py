@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from multiprocessing import forkserver
 from multiprocessing.connection import wait
 
-from core.scratch import owned_temp_dir
+from core.scratch import owned_temp_dir, remove_orphans
 from reward.isolation import Policy
 from reward.scoring import Outcome
 from reward.worker import (
@@ -51,6 +51,8 @@ START_TIMEOUT_S = 120.0
 """How long a new worker may take to load the reward functions."""
 MAX_CHUNK = 32
 """Most tasks handed to a worker at once (fewer when there are few tasks per worker)."""
+SCRATCH_PREFIX = "cohort-reward-"
+"""Name prefix of the workers' private temp dirs (`core/scratch.py`: `<prefix><pid>-...`)."""
 
 
 @dataclass
@@ -108,6 +110,8 @@ class Sandbox:
         self.replaced = 0
         """Workers killed or found dead and replaced, over the sandbox's life."""
         self.workers: list[_Worker] = []
+        # Scratch dirs of sandboxes whose actor was killed (no exit handler ran) go now.
+        remove_orphans(SCRATCH_PREFIX)
         try:
             self.workers = [self._start() for _ in range(workers)]
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -163,8 +167,7 @@ class Sandbox:
     def _start(self) -> _Worker:
         _forkserver_without_secrets()
         parent, child = self.ctx.Pipe()
-        # Kept if this actor is killed, until the next sandbox on the node starts.
-        scratch = owned_temp_dir("cohort-reward-")
+        scratch = owned_temp_dir(SCRATCH_PREFIX)
         process = self.ctx.Process(
             target=worker_main, args=(child, *self.args, scratch), daemon=True
         )

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from core.config import Config, parse_cores
 from core.config.training import VLLM_LORA_RANKS
 from core.records import EngineReport, Group, GroupRequest, Sample
-from core.scratch import owned_temp_dir
+from core.scratch import owned_temp_dir, remove_orphans
 
 
 def engine_env(cfg: Config, engine_index: int = 0) -> dict[str, str]:
@@ -281,6 +281,7 @@ class RolloutActor:
         # A new id for every load (a healing push repeats a version); vLLM's ids start at 1.
         lora_id = next(self.adapter_ids)
         if not self.adapter_dir:
+            remove_orphans("cohort-adapters-")  # those of engines that were killed
             self.adapter_dir = owned_temp_dir("cohort-adapters-")
             atexit.register(shutil.rmtree, self.adapter_dir, ignore_errors=True)
         folder = os.path.join(self.adapter_dir, str(lora_id))

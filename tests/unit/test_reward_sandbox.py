@@ -224,6 +224,25 @@ def test_workers_temp_dirs_are_deleted_with_the_workers(tmp_path):
     assert not any(Path(d).exists() for d in first + now)
 
 
+def test_a_killed_sandboxs_dirs_go_when_the_next_one_starts(tmp_path):
+    """Ray kills actors without exit handlers: a dead owner's scratch dir, with what its reward
+    code wrote, is removed by the next sandbox that starts on the node."""
+    import subprocess
+    import sys
+    import tempfile
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = Path(tempfile.gettempdir()) / f"cohort-reward-{gone.pid}-killed"
+    orphan.mkdir()
+    (orphan / "written.txt").write_text("left by reward code")
+    actor = hostile_actor(tmp_path, "return 0.0")
+    try:
+        assert not orphan.exists()
+    finally:
+        actor.close()
+
+
 def test_scratch_dirs_follow_tmpdir(tmp_path):
     """The forkserver starts with a scrubbed environment; the sandbox's temp dirs (its
     forkserver's, its workers') still go where TMPDIR says, not to /tmp. A fresh process:

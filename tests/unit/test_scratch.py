@@ -26,7 +26,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_a_new_dir_removes_the_dirs_of_owners_that_are_gone_and_only_those(temp_root):
+def test_the_dirs_of_owners_that_are_gone_are_removed_and_only_those(temp_root):
     orphan = temp_root / f"{PREFIX}{dead_pid()}-abc"
     (orphan / "deep").mkdir(parents=True)
     (orphan / "deep" / "written by reward code.txt").write_text("x" * 1000)
@@ -41,6 +41,7 @@ def test_a_new_dir_removes_the_dirs_of_owners_that_are_gone_and_only_those(temp_
     link = temp_root / f"{PREFIX}{dead_pid()}-link"
     link.symlink_to(outside, target_is_directory=True)
 
+    assert remove_orphans(PREFIX) == [str(orphan)]
     made = owned_temp_dir(PREFIX)
 
     assert not orphan.exists()
